@@ -1,0 +1,189 @@
+"""Named model shapes, the three families they build, and `SMALL:LARGE` pairs with their defaults.
+
+Every model is a real `transformers` model built from a local config; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
+
+from bench.errors import BenchError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    objective: str  # "mlm" (masked LM) or "causal"
+    tokenizer_kind: str  # "wordpiece" or "bpe"
+    model_class: type[PreTrainedModel]
+    config_class: type[PretrainedConfig]
+
+
+FAMILIES: dict[str, Family] = {
+    "bert": Family("bert", "mlm", "wordpiece", BertForMaskedLM, BertConfig),
+    "roberta": Family("roberta", "mlm", "bpe", RobertaForMaskedLM, RobertaConfig),
+    "gpt2": Family("gpt2", "causal", "bpe", GPT2LMHeadModel, GPT2Config),
+}
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    family: str
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def dims(self) -> tuple[int, int, int, int]:
+        return (self.layers, self.hidden, self.heads, self.ffn)
+
+    def config(self, vocab_size: int, seq_len: int, pad_token_id: int = 0) -> PretrainedConfig:
+        """A transformers config for this shape. Dropout is 0: runs here are short, single-epoch
+        pretraining, where dropout only slows learning, and 0 keeps CPU runs bit-reproducible."""
+        if self.family == "gpt2":
+            return GPT2Config(
+                vocab_size=vocab_size, n_positions=seq_len, n_embd=self.hidden,
+                n_layer=self.layers, n_head=self.heads, n_inner=self.ffn,
+                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                bos_token_id=pad_token_id, eos_token_id=pad_token_id, pad_token_id=pad_token_id,
+            )
+        config_class = FAMILIES[self.family].config_class
+        # RoBERTa numbers positions from pad_token_id + 1, so it needs two extra slots.
+        extra_positions = pad_token_id + 1 if self.family == "roberta" else 0
+        return config_class(
+            vocab_size=vocab_size, hidden_size=self.hidden, num_hidden_layers=self.layers,
+            num_attention_heads=self.heads, intermediate_size=self.ffn,
+            max_position_embeddings=seq_len + extra_positions, pad_token_id=pad_token_id,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            type_vocab_size=2 if self.family == "bert" else 1,
+        )
+
+    def build(self, vocab_size: int, seq_len: int, seed: int, pad_token_id: int = 0) -> PreTrainedModel:
+        """LARGE (or SMALL) with transformers' default random init, seeded."""
+        torch.manual_seed(seed)
+        return FAMILIES[self.family].model_class(self.config(vocab_size, seq_len, pad_token_id))
+
+
+# (layers, hidden, heads, ffn). nano..mini are CPU scale; small/base/large are the LiGO paper's.
+_SHAPES = {
+    "nano": (2, 64, 2, 256),
+    "micro": (4, 128, 4, 512),
+    "tiny": (2, 128, 2, 512),
+    "mini": (4, 256, 4, 1024),
+    "small": (6, 512, 8, 2048),
+    "base": (12, 768, 12, 3072),
+    "large": (24, 1024, 16, 4096),
+}
+_GPT2_NAMES = {"large": "medium"}  # GPT-2's 24L/1024H model is called "medium"
+
+
+def _all_sizes() -> dict[str, Size]:
+    sizes = {}
+    for family in FAMILIES:
+        for shape, dims in _SHAPES.items():
+            shape_name = _GPT2_NAMES.get(shape, shape) if family == "gpt2" else shape
+            size = Size(f"{family}-{shape_name}", family, *dims)
+            sizes[size.name] = size
+    return sizes
+
+
+SIZES: dict[str, Size] = _all_sizes()
+
+
+def get_size(name: str) -> Size:
+    try:
+        return SIZES[name]
+    except KeyError:
+        raise BenchError(f"unknown size {name!r}; known sizes: {', '.join(SIZES)}") from None
+
+
+@dataclass(frozen=True)
+class PairDefaults:
+    """What `bench compare` uses for a pair unless told otherwise.
+
+    `budget_steps` is in steps of LARGE trained from scratch (the budget itself is the FLOPs of
+    those steps); `parent_steps` is how long SMALL is pretrained. `micro_batch` splits a batch
+    into gradient-accumulation chunks so that paper-scale pairs fit in CPU memory.
+    """
+
+    budget_steps: int
+    parent_steps: int
+    quick_budget_steps: int
+    quick_parent_steps: int
+    seq_len: int
+    batch_size: int
+    vocab_size: int
+    micro_batch: int | None = None
+
+
+# CPU scale. Measured on a 2-core VM (see README, "Default budgets"): the parent's validation loss
+# has flattened by 1500 steps, and scratch LARGE at 1600 steps ends clearly below the parent's
+# final loss, so growth has something to win and scratch is a real baseline.
+CPU_DEFAULTS = PairDefaults(
+    budget_steps=1600, parent_steps=1500, quick_budget_steps=300, quick_parent_steps=300,
+    seq_len=64, batch_size=16, vocab_size=8192,
+)
+# The LiGO paper's settings (BERT: 400K steps at batch 256 x 128; BERT-Small parent 220K steps).
+_PAPER_VOCAB = {"bert": 30522, "roberta": 50265, "gpt2": 50257}
+
+
+def _paper_defaults(family: str) -> PairDefaults:
+    seq_len, batch = (1024, 384) if family == "gpt2" else (128, 256)
+    return PairDefaults(
+        budget_steps=400_000, parent_steps=220_000, quick_budget_steps=1000, quick_parent_steps=1000,
+        seq_len=seq_len, batch_size=batch, vocab_size=_PAPER_VOCAB[family], micro_batch=8 if family == "gpt2" else 32,
+    )
+
+
+@dataclass(frozen=True)
+class Pair:
+    small: Size
+    large: Size
+
+    @property
+    def name(self) -> str:
+        return f"{self.small.name}:{self.large.name}"
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.large.family]
+
+    @property
+    def defaults(self) -> PairDefaults:
+        return CPU_DEFAULTS if self.large.hidden <= 256 else _paper_defaults(self.large.family)
+
+
+def parse_pair(text: str) -> Pair:
+    """`SMALL:LARGE` -> Pair, or BenchError when the pair is unknown, mixes families, or shrinks."""
+    small_name, sep, large_name = text.partition(":")
+    if not sep:
+        raise BenchError(f"a pair is SMALL:LARGE (e.g. bert-nano:bert-micro), got {text!r}")
+    small, large = get_size(small_name), get_size(large_name)
+    if small.family != large.family:
+        raise BenchError(f"pair {text} mixes families ({small.family} and {large.family})")
+    shrinks = [
+        dim for dim, s, l in zip(("layers", "hidden", "heads", "ffn"), small.dims, large.dims) if l < s
+    ]
+    if shrinks:
+        raise BenchError(f"pair {text} shrinks ({', '.join(shrinks)}); LARGE must not be smaller than SMALL")
+    if small.dims == large.dims:
+        raise BenchError(f"pair {text} does not grow: both sizes have the same shape")
+    return Pair(small, large)

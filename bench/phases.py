@@ -6,7 +6,7 @@ train, what the loss is, what extra passes run) lives in the phase a method yiel
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import torch
@@ -14,8 +14,9 @@ from torch import nn
 
 from bench.objective import lm_loss
 
-LossFn = Callable[[dict[str, torch.Tensor], float], torch.Tensor]
-"""(batch, progress) -> scalar loss; progress is the fraction of the run's budget already spent."""
+LossFn = Callable[[dict[str, torch.Tensor], int, float], torch.Tensor]
+"""(batch, step, progress) -> scalar loss. `step` counts the phase's steps from 0; `progress` is the
+fraction of the run's budget already spent when the step starts."""
 
 
 @dataclass
@@ -32,6 +33,9 @@ class Phase:
                model the run saves when this is the last phase.
     lr, warmup_steps: an own schedule (warmup, then linear decay to 0 at the phase's end) with
                this peak; default: the run's schedule, which ends exactly at the budget.
+    variant:   for a phase whose step structure changes from step to step (bert2BERT's sampled
+               sub-models): step -> a hashable key, deterministic. The loop counts the FLOPs of
+               each distinct key once and charges every step what its own key costs.
     fits_init: the phase only fits the grown model's initialisation (LiGO's operator); `bench grow`
                runs such phases and stops at the first phase that is not one.
     settings:  what the method chose for this phase, recorded in phases.csv.
@@ -46,6 +50,7 @@ class Phase:
     eval_model: nn.Module | None = None
     lr: float | None = None
     warmup_steps: int = 0
+    variant: Callable[[int], Hashable] | None = None
     fits_init: bool = False
     settings: dict = field(default_factory=dict)
 
@@ -58,4 +63,4 @@ class Phase:
             self.eval_model = self.model
         if self.loss is None:
             model = self.model
-            self.loss = lambda batch, progress: lm_loss(model, batch)
+            self.loss = lambda batch, step, progress: lm_loss(model, batch)

@@ -29,8 +29,12 @@ class Phase:
     share:     fraction of the run's budget this phase spends.
     steps:     or a fixed number of steps (LiGO's operator), charged to the budget like any other.
     loss:      the training loss; default: the LM loss of `model` on the batch.
-    eval_model: what validation scores during and after the phase; default `model`. It is the
-               model the run saves when this is the last phase.
+    eval_model: the plain transformers model this phase produces; validation scores it and the
+               run saves it after the last phase. Default `model`.
+    evaluate:  validation loss of one batch; default the LM loss of `eval_model`. A phase whose
+               `eval_model` only exists after the phase (LiGO's operator) scores its own forward.
+    extra_forward: models that run forward only inside `loss` (KI's teacher); the analytic FLOP
+               count charges them, and they must never change.
     lr, warmup_steps: an own schedule (warmup, then linear decay to 0 at the phase's end) with
                this peak; default: the run's schedule, which ends exactly at the budget.
     variant:   for a phase whose step structure changes from step to step (bert2BERT's sampled
@@ -48,6 +52,8 @@ class Phase:
     steps: int | None = None
     loss: LossFn | None = None
     eval_model: nn.Module | None = None
+    evaluate: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+    extra_forward: list[nn.Module] = field(default_factory=list)
     lr: float | None = None
     warmup_steps: int = 0
     variant: Callable[[int], Hashable] | None = None
@@ -64,3 +70,6 @@ class Phase:
         if self.loss is None:
             model = self.model
             self.loss = lambda batch, step, progress: lm_loss(model, batch)
+        if self.evaluate is None:
+            eval_model = self.eval_model
+            self.evaluate = lambda batch: lm_loss(eval_model, batch)

@@ -1,0 +1,127 @@
+"""Cost collectors: context-managed observers of phases, registered by name.
+
+A collector knows no method. The loop tells it when a phase starts (it may look at the phase's
+modules and an example batch), wraps every stretch of work in `window(kind)`, asks for cumulative
+figures at each eval point (`snapshot`) and for the phase's bill when it ends (`end_phase`).
+`row` holds the columns earlier collectors (in registry order) already produced, so a collector
+can derive from them (dollars from device-hours and kWh). A collector that cannot measure says so
+in a labelled column; it never reports 0.
+
+A new collector is one new file in this package (or a `growbench.collectors` entry point).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import pkgutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import torch
+
+from bench.phases import Phase
+
+WINDOW_KINDS = ("train", "eval", "overhead")
+
+
+@dataclass
+class RunInfo:
+    """What collectors may know about the run as a whole."""
+
+    device: torch.device
+    run_dir: Any  # pathlib.Path of the run (or parent) directory; collectors write nothing outside it
+    prices: dict = field(default_factory=dict)  # the price table in use (see bench/prices.toml)
+    country: str = "WLD"
+
+
+class Collector:
+    name: ClassVar[str]
+    order: ClassVar[int] = 50  # lower runs first; derived collectors (cost) run last
+
+    def __init__(self, run: RunInfo):
+        self.run = run
+
+    def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor]) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def window(self, kind: str) -> Iterator[None]:
+        yield
+
+    def snapshot(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Cumulative figures since the run started, for curve.csv."""
+        return {}
+
+    def end_phase(self, steps: int, row: dict[str, Any]) -> dict[str, Any]:
+        """This phase's columns for phases.csv."""
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+_REGISTRY: dict[str, type[Collector]] = {}
+
+
+def register_collector(name: str):
+    def decorator(cls: type[Collector]) -> type[Collector]:
+        if name in _REGISTRY:
+            raise ValueError(f"collector {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def _load_all() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    for entry in entry_points(group="growbench.collectors"):
+        entry.load()
+
+
+def collector_names() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY, key=lambda name: (_REGISTRY[name].order, name))
+
+
+def make_collectors(run: RunInfo, names: list[str] | None = None) -> list[Collector]:
+    """All registered collectors (or `names`), in the order their columns build on each other."""
+    return [_REGISTRY[name](run) for name in collector_names() if names is None or name in names]
+
+
+class CollectorSet:
+    """Fans the loop's calls out to every collector and merges their columns."""
+
+    def __init__(self, collectors: list[Collector]):
+        self.collectors = collectors
+
+    def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor]) -> None:
+        for collector in self.collectors:
+            collector.start_phase(phase, batch)
+
+    @contextlib.contextmanager
+    def window(self, kind: str) -> Iterator[None]:
+        assert kind in WINDOW_KINDS, kind
+        with contextlib.ExitStack() as stack:
+            for collector in self.collectors:
+                stack.enter_context(collector.window(kind))
+            yield
+
+    def snapshot(self, row: dict[str, Any]) -> dict[str, Any]:
+        for collector in self.collectors:
+            row.update(collector.snapshot(row))
+        return row
+
+    def end_phase(self, steps: int, row: dict[str, Any]) -> dict[str, Any]:
+        for collector in self.collectors:
+            row.update(collector.end_phase(steps, row))
+        return row
+
+    def close(self) -> None:
+        for collector in self.collectors:
+            collector.close()

@@ -73,3 +73,20 @@ class Phase:
         if self.evaluate is None:
             eval_model = self.eval_model
             self.evaluate = lambda batch: lm_loss(eval_model, batch)
+
+    def prepare(self) -> None:
+        """Freeze everything in the phase's modules but `trainable` (frozen = forward only)."""
+        for module in (self.model, self.eval_model, *self.extra_forward):
+            module.requires_grad_(False)
+        for parameter in self.trainable:
+            parameter.requires_grad_(True)
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], step: int, progress: float) -> torch.Tensor:
+        """The loss of one step, with gradients accumulated into `trainable` (call `prepare` first)."""
+        loss = self.loss(batch, step, progress)
+        loss.backward()
+        return loss
+
+    def zero_grad(self) -> None:
+        for parameter in self.trainable:
+            parameter.grad = None

@@ -168,7 +168,12 @@ class Pair:
 
     @property
     def defaults(self) -> PairDefaults:
-        return CPU_DEFAULTS if self.large.hidden <= 256 else _paper_defaults(self.large.family)
+        return defaults_for(self.large)
+
+
+def defaults_for(size: Size) -> PairDefaults:
+    """CPU-scale defaults for the laptop sizes, the paper's settings for small / base / large."""
+    return CPU_DEFAULTS if size.hidden <= 256 else _paper_defaults(size.family)
 
 
 def parse_pair(text: str) -> Pair:
@@ -176,7 +181,11 @@ def parse_pair(text: str) -> Pair:
     small_name, sep, large_name = text.partition(":")
     if not sep:
         raise BenchError(f"a pair is SMALL:LARGE (e.g. bert-nano:bert-micro), got {text!r}")
-    small, large = get_size(small_name), get_size(large_name)
+    return make_pair(get_size(small_name), get_size(large_name))
+
+
+def make_pair(small: Size, large: Size) -> Pair:
+    text = f"{small.name}:{large.name}"
     if small.family != large.family:
         raise BenchError(f"pair {text} mixes families ({small.family} and {large.family})")
     shrinks = [

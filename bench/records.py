@@ -50,6 +50,8 @@ def read_json(path: Path) -> Any:
         raise BenchError(f"{path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BenchError(f"{path} is not valid JSON ({error})") from None
+    except OSError as error:
+        raise BenchError(f"cannot read {path}: {error.strerror}") from None
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -103,6 +105,9 @@ class RunDir:
 
     def save_model(self, model, tokenizer=None) -> None:
         """The final weights as a transformers checkpoint (safetensors)."""
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         with atomic_dir(self.path / "model") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:

@@ -204,10 +204,11 @@ def load_parent(path: str, size: Size | None, family: str | None = None) -> PreT
 
 
 def _train(phases, budget: Budget, prepared: Prepared, seed: int, loop: LoopConfig, folder: Path,
-           prices: dict) -> RunResult:
-    collectors = CollectorSet(make_collectors(RunInfo(loop.device, folder, prices)))
+           prices: dict, country: str = "WLD", init_only: bool = False) -> RunResult:
+    accumulation = math.ceil(prepared.config.batch_size / (loop.micro_batch or prepared.config.batch_size))
+    collectors = CollectorSet(make_collectors(RunInfo(loop.device, folder, prices, country, accumulation)))
     try:
-        return train_phases(phases, budget, prepared.source(seed), loop, collectors)
+        return train_phases(phases, budget, prepared.source(seed), loop, collectors, init_only)
     finally:
         collectors.close()
 
@@ -274,7 +275,7 @@ def compare(config: CompareConfig, echo=print) -> Path:
             loop.label = f"{name} s{seed}"
             started = time.perf_counter()
             try:
-                result = _train(method.phases(ctx), budget, prepared, seed, loop, run.path, prices)
+                result = _train(method.phases(ctx), budget, prepared, seed, loop, run.path, prices, config.country)
             except BenchError as error:
                 run.set_status(FAILED, reason=str(error), method=name, seed=seed)
                 raise
@@ -430,11 +431,7 @@ def grow_command(method_name: str, source: str, to: str, out: Path, method_args:
     large_flops, _ = scratch_step(large, prepared, loop)
     budget = Budget("flops", large_flops * defaults_for(large).budget_steps)
     ctx = GrowthContext(pair, parent, prepared.vocab_size, prepared.config.seq_len, prepared.pad_token_id, seed)
-    collectors = CollectorSet(make_collectors(RunInfo(loop.device, out, prices)))
-    try:
-        result = train_phases(method.phases(ctx), budget, prepared.source(seed), loop, collectors, init_only=True)
-    finally:
-        collectors.close()
+    result = _train(method.phases(ctx), budget, prepared, seed, loop, out, prices, init_only=True)
     run = RunDir(out)
     run.save_model(result.final_model, prepared.tokenizer)
     write_json(out / "growth.json", {

@@ -152,8 +152,9 @@ def _train_phase(phase: Phase, ledger: _Ledger, data: BatchSource, config: LoopC
         module.to(config.device)
     phase.prepare()
     steps_before, flops_before, tokens_before = ledger.step, ledger.flops, ledger.tokens
-    with collectors.window("overhead"):
-        collectors.start_phase(phase, _to_device(data.batch(ledger.step), config.device))
+    with collectors.window("overhead"), _autocast(config):
+        first_chunk = _chunks(_to_device(data.batch(ledger.step), config.device), config.micro_batch)[0]
+        collectors.start_phase(phase, first_chunk)
         plan = _StepCosts(phase, ledger, data, config).plan()
     _evaluate(phase, ledger, data, config, collectors, curve, train_loss=math.nan)
 

@@ -35,6 +35,7 @@ class RunInfo:
     run_dir: Any  # pathlib.Path of the run (or parent) directory; collectors write nothing outside it
     prices: dict = field(default_factory=dict)  # the price table in use (see bench/prices.toml)
     country: str = "WLD"
+    accumulation: int = 1  # micro-batches per optimizer step: collectors see one and scale per-step figures
 
 
 class Collector:

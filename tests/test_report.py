@@ -1,0 +1,314 @@
+"""Savings, statistics and the report, from synthetic run directories laid out as the training loop writes them."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.errors import BenchError
+from bench.report import PLOT_FILES, analyse, bootstrap_ci, build_report, crossing_position, value_at
+
+EVAL_STEPS = list(range(0, 101, 10))  # the budget is 100 steps; eval every 10, the first before training
+SCRATCH_FLOPS_PER_STEP = 1.2e11  # scratch spends 1.2e13 FLOPs at the budget
+SYNTHETIC_CPU = {"cpu_model": "Synthetic CPU", "cpu_cores": 2, "torch_threads": 2, "platform": "Linux",
+                 "torch": "2.13.0", "gpu_count": 0, "gpu_model": None, "gpu_driver": None}
+
+
+@dataclass
+class Spec:
+    """A synthetic method: its validation loss as a function of (step, seed) and what each step costs."""
+
+    loss: Callable[[int, int], float]
+    flops_per_step: float = SCRATCH_FLOPS_PER_STEP
+    seconds_per_step: float = 0.5
+    phases: tuple[tuple[str, int], ...] = (("train", 100),)  # (name, steps), adding up to the budget
+    needs_parent: bool = True
+    states: dict[int, str] = field(default_factory=dict)  # seed -> state other than "done"
+
+
+def curve_loss(floor: float, start: float, rate: float) -> Callable[[int, int], float]:
+    """floor + (start - floor)·exp(-rate·progress), each seed 0.01 higher than the one before."""
+    return lambda step, seed: floor + (start - floor) * math.exp(-rate * step / 100) + 0.01 * seed
+
+
+def default_specs() -> dict[str, Spec]:
+    """scratch; ligo reaches τ near step 53 (≈ +47%); ki reaches it near step 85 but pays 1.6e11 FLOPs per
+    step for its teacher (≈ -13%); mslt never gets there."""
+    return {
+        "scratch": Spec(curve_loss(3.0, 10.0, 3.0), needs_parent=False),
+        "ligo": Spec(curve_loss(3.0, 8.0, 5.0), phases=(("operator", 10), ("train", 90))),
+        "ki": Spec(curve_loss(3.0, 10.0, 3.5), flops_per_step=1.6e11),
+        "mslt": Spec(curve_loss(4.0, 8.0, 3.0), phases=(("growth-1", 50), ("joint", 50))),
+    }
+
+
+def _write_csv(path: Path, rows: list[dict], optional: list[str], keep_optional: bool) -> None:
+    frame = pd.DataFrame(rows)
+    if not keep_optional:
+        frame = frame.drop(columns=optional)
+    frame.to_csv(path, index=False)
+
+
+def _write_run(folder: Path, spec: Spec, seed: int | None, method: str, optional: bool) -> None:
+    folder.mkdir(parents=True)
+    phase_of_step = [name for name, steps in spec.phases for _ in range(steps)]
+    curve = []
+    for step in EVAL_STEPS:
+        train_s = step * spec.seconds_per_step
+        energy = train_s * 2e-5
+        curve.append({"step": step, "tokens": step * 4096, "flops": step * spec.flops_per_step, "train_s": train_s,
+                      "phase": phase_of_step[max(step - 1, 0)], "train_loss": spec.loss(step, seed or 0) + 0.05,
+                      "val_loss": spec.loss(step, seed or 0), "reference_s": 0.9 * train_s, "wall_s": 1.2 * train_s,
+                      "eval_s": 0.1 * step, "energy_kwh": energy, "co2_kg": 0.475 * energy,
+                      "cost_cloud_usd": train_s / 3600 * 0.085, "cost_energy_usd": energy * 1.58 * 0.13})
+    _write_csv(folder / "curve.csv", curve, ["reference_s", "wall_s", "eval_s", "energy_kwh", "co2_kg",
+                                              "cost_cloud_usd", "cost_energy_usd"], optional)
+    phases = []
+    for name, steps in spec.phases:
+        train_s = steps * spec.seconds_per_step
+        flops = steps * spec.flops_per_step
+        phases.append({"phase": name, "steps": steps, "flops_executed": flops, "flops_fvcore": flops,
+                       "flops_analytic": flops, "train_s": train_s, "eval_s": 0.1 * steps, "overhead_s": 0.2,
+                       "reference_s": 0.9 * train_s, "device_hours": train_s / 3600, "energy_kwh": train_s * 2e-5,
+                       "energy_method": "cpu:tdp_estimate+ram:ram_heuristic", "co2_kg": 0.475 * train_s * 2e-5,
+                       "carbon_source": "world average", "cost_cloud_usd": train_s / 3600 * 0.085,
+                       "cost_cloud_price": "cpu-core $0.0425/vCPU-hour", "cost_energy_usd": train_s * 2e-5 * 1.58 * 0.13})
+    _write_csv(folder / "phases.csv", phases, ["flops_fvcore", "flops_analytic", "eval_s", "overhead_s",
+                                                "reference_s", "device_hours", "energy_kwh", "energy_method",
+                                                "co2_kg", "carbon_source", "cost_cloud_usd", "cost_cloud_price",
+                                                "cost_energy_usd"], optional)
+    state = spec.states.get(seed, "done")
+    status = {"state": state, "reason": None if state == "done" else "loss became NaN", "method": method,
+              "seed": seed, "final_val_loss": spec.loss(100, seed or 0)}
+    (folder / "status.json").write_text(json.dumps(status))
+
+
+def make_run_dir(root: Path, specs: dict[str, Spec] | None = None, *, seeds=(0, 1, 2), parent: bool = True,
+                 optional: bool = True, hardware: dict | None = None, pair: str = "bert-nano:bert-micro") -> Path:
+    """A run directory as the training loop writes it (manifest, runs/<method>-s<seed>/, parent/)."""
+    specs = default_specs() if specs is None else specs
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "pair": pair,
+        "budget": {"unit": "flops", "value": 1.2e13, "flops": 1.2e13},
+        "seeds": list(seeds),
+        "methods": {name: {"needs_parent": spec.needs_parent, "lr": 1e-3} for name, spec in specs.items()},
+        "hardware": hardware or SYNTHETIC_CPU,
+        "prices": {"as_of": "2026-11-01"},
+        "data": {}, "train": {}, "versions": {},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    for name, spec in specs.items():
+        for seed in seeds:
+            _write_run(root / "runs" / f"{name.replace(':', '_')}-s{seed}", spec, seed, name, optional)
+    if parent:
+        _write_run(root / "parent", Spec(curve_loss(3.6, 10.0, 4.0), flops_per_step=3e10, seconds_per_step=0.1),
+                   None, "parent", optional)
+    return root
+
+
+def _row(frame: pd.DataFrame, method: str, seed: int | None = None) -> pd.Series:
+    rows = frame[frame["method"] == method]
+    if seed is not None:
+        rows = rows[rows["seed"] == seed]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+# --------------------------------------------------------------------------- crossing point
+
+
+def test_crossing_is_interpolated_between_the_bracketing_eval_points():
+    position = crossing_position([10.0, 8.0, 6.0, 4.0], target=7.0)
+    assert position == pytest.approx(1.5)
+    assert value_at([0.0, 10.0, 20.0, 30.0], position) == pytest.approx(15.0)
+    assert crossing_position([10.0, 8.0, 7.0, 4.0], target=7.0) == pytest.approx(2.0)  # exactly on a point
+
+
+def test_reaching_at_the_first_eval_costs_that_points_cost():
+    position = crossing_position([5.0, 4.0, 3.0], target=6.0)
+    assert position == 0.0
+    assert value_at([2.5e9, 1e10, 2e10], position) == 2.5e9
+
+
+def test_never_reaching_is_none_not_a_cost():
+    assert crossing_position([10.0, 8.0, 6.5, 6.1], target=6.0) is None
+
+
+def test_non_monotone_curve_uses_the_first_crossing():
+    # reaches 7 between points 0 and 1, bounces back above, and crosses again between 2 and 3
+    position = crossing_position([10.0, 6.0, 9.0, 5.0], target=7.0)
+    assert position == pytest.approx(0.75)
+
+
+def test_value_at_propagates_an_unmeasured_cost():
+    assert math.isnan(value_at([0.0, float("nan"), 2.0], 0.5))
+
+
+# --------------------------------------------------------------------------- savings
+
+
+def test_savings_follow_the_definition_exactly(tmp_path):
+    # scratch ends at 4.0 on every seed -> τ = 4.0; "linear" falls 0.1 per step and reaches 4.0 at step 60 exactly
+    specs = {"scratch": Spec(lambda step, seed: 4.0 + 6.0 * (1 - step / 100), needs_parent=False),
+             "linear": Spec(lambda step, seed: 10.0 - 0.1 * step)}
+    report = analyse(make_run_dir(tmp_path / "run", specs))
+    assert report.target == pytest.approx(4.0)
+    run = _row(report.runs, "linear", 0)
+    assert run["cost_to_target_flops"] == pytest.approx(60 * SCRATCH_FLOPS_PER_STEP)
+    assert run["savings_flops"] == pytest.approx(0.4)
+    assert run["savings_train_s"] == pytest.approx(0.4)
+    # parent: 100 steps at 3e10 FLOPs = 3e12 = a quarter of scratch's budget
+    assert report.parent_cost["flops"] == pytest.approx(3e12)
+    assert run["savings_charged_flops"] == pytest.approx(0.4 - 0.25)
+    scratch = _row(report.runs, "scratch", 0)
+    assert scratch["savings_flops"] == pytest.approx(0.0)
+    assert scratch["savings_charged_flops"] == scratch["savings_flops"]  # scratch uses no parent
+
+
+def test_cheaper_is_positive_dearer_is_negative_and_never_reaching_is_distinct(tmp_path):
+    report = analyse(make_run_dir(tmp_path / "run"))
+    table = report.table.set_index("method")
+    assert table.at["ligo", "savings_flops"] > 0.3
+    assert table.at["ki", "savings_flops"] < -0.05  # reaches τ only after more FLOPs than scratch's whole budget
+    assert table.at["ki", "n_reached"] == 3
+    mslt = table.loc["mslt"]
+    assert not mslt["reached"] and mslt["n_reached"] == 0 and math.isnan(mslt["savings_flops"])
+    assert all(_row(report.runs, "mslt", seed)["reached"] is np.False_ or not _row(report.runs, "mslt", seed)["reached"]
+               for seed in (0, 1, 2))
+    mslt_line = next(line for line in report.text.splitlines() if line.startswith("mslt"))
+    assert "not reached" in mslt_line and "0.0%" not in mslt_line and "100" not in mslt_line
+    # the target is scratch's mean final loss over seeds
+    scratch_final = [curve_loss(3.0, 10.0, 3.0)(100, seed) for seed in (0, 1, 2)]
+    assert report.target == pytest.approx(np.mean(scratch_final))
+
+
+def test_a_given_target_replaces_scratchs(tmp_path):
+    report = analyse(make_run_dir(tmp_path / "run"), target=4.3)
+    assert report.target == 4.3 and report.target_source == "given"
+    assert bool(report.table.set_index("method").at["mslt", "reached"])  # 4.3 is within mslt's reach
+
+
+def test_without_a_finished_scratch_run_there_are_no_savings(tmp_path):
+    specs = default_specs()
+    specs["scratch"].states = {0: "failed", 1: "failed", 2: "failed"}
+    run_dir = make_run_dir(tmp_path / "run", specs)
+    report = analyse(run_dir)
+    assert math.isnan(report.target) and report.table["savings_flops"].isna().all()
+    assert any("No finished scratch run" in note for note in report.notes)
+    given = analyse(run_dir, target=3.4)
+    ligo = given.table.set_index("method").loc["ligo"]
+    assert ligo["reached"] and math.isnan(ligo["savings_flops"])  # reached, but against no scratch cost
+    assert "n/a" in next(line for line in given.text.splitlines() if line.startswith("ligo"))
+
+
+def test_method_intervals_cover_the_mean_and_only_runs_that_finished_count(tmp_path):
+    specs = default_specs()
+    specs["ligo"].states = {2: "diverged"}
+    report = analyse(make_run_dir(tmp_path / "run", specs))
+    ligo = report.table.set_index("method").loc["ligo"]
+    assert (ligo["n_runs"], ligo["n_done"], ligo["n_reached"]) == (3, 2, 2)
+    assert ligo["savings_flops_lo"] <= ligo["savings_flops"] <= ligo["savings_flops_hi"]
+    assert ligo["savings_flops_lo"] < ligo["savings_flops_hi"]  # the seeds differ, so the interval has width
+    diverged = _row(report.runs, "ligo", 2)
+    assert diverged["state"] == "diverged" and pd.isna(diverged["reached"]) and math.isnan(diverged["savings_flops"])
+    assert any("ligo-s2: diverged" in note for note in report.notes)
+
+
+def test_bootstrap_is_reproducible_and_needs_two_values():
+    values = [0.41, 0.47, 0.44, 0.52]
+    assert bootstrap_ci(values) == bootstrap_ci(values)
+    low, high = bootstrap_ci(values)
+    assert min(values) <= low < np.mean(values) < high <= max(values)
+    assert bootstrap_ci(values, seed=1) != bootstrap_ci(values, seed=0)
+    assert all(math.isnan(bound) for bound in bootstrap_ci([0.4]))
+
+
+def test_method_name_with_a_variant_is_read_from_status(tmp_path):
+    specs = {"scratch": default_specs()["scratch"],
+             "stackbert:progressive": Spec(curve_loss(3.0, 10.0, 4.0), needs_parent=False)}
+    run_dir = make_run_dir(tmp_path / "run", specs, seeds=(0,))
+    assert (run_dir / "runs" / "stackbert_progressive-s0").is_dir()
+    report = analyse(run_dir)
+    row = report.table.set_index("method").loc["stackbert:progressive"]
+    assert row["n_done"] == 1 and not row["needs_parent"]
+    assert row["savings_flops"] == row["savings_charged_flops"]
+    assert math.isnan(row["savings_flops_lo"])  # one seed: a mean, no interval
+
+
+# --------------------------------------------------------------------------- files and plots
+
+
+def _is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_report_writes_tables_markdown_and_plots(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", pair="bert-small:bert-base")
+    report = build_report(run_dir)
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert len(summary) == 4 * 3 and {"method", "seed", "savings_flops", "reached", "final_val_loss"} <= set(summary)
+    parquet = pd.read_parquet(run_dir / "summary.parquet")
+    assert parquet["savings_flops"].equals(report.runs["savings_flops"])
+    for name in PLOT_FILES:
+        assert _is_png(run_dir / "plots" / name), name
+    markdown = (run_dir / "report.md").read_text()
+    for expected in ("bert-small:bert-base", "2026-11-01", "Synthetic CPU", "not reached", "parent (SMALL)",
+                     "plots/savings.png", '"lr": 0.001', "parent charged", "cpu:tdp_estimate+ram:ram_heuristic",
+                     "cpu-core $0.0425/vCPU-hour"):
+        assert expected in markdown, expected
+    assert "ligo" in report.text and "parent (SMALL)" in report.text
+    assert set(report.files) >= {run_dir / "summary.csv", run_dir / "report.md"}
+
+
+def test_report_copes_without_parent_and_without_optional_columns(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", parent=False, optional=False)
+    out = tmp_path / "elsewhere"
+    report = build_report(run_dir, out=out)
+    for name in PLOT_FILES:
+        assert _is_png(out / "plots" / name), name
+    assert (out / "report.md").exists() and not (run_dir / "report.md").exists()
+    ligo = report.table.set_index("method").loc["ligo"]
+    assert ligo["savings_flops"] > 0.3  # FLOPs and train time are always there
+    for unmeasured in ("savings_energy_kwh", "savings_cost_cloud_usd", "savings_reference_s", "total_energy_kwh",
+                       "total_co2_kg", "savings_charged_flops"):
+        assert math.isnan(ligo[unmeasured]), unmeasured  # not measured is n/a, never 0
+    assert ligo["energy_method"] == "n/a"
+    assert any("parent's cost is unknown" in note for note in report.notes)
+    assert "n/a" in next(line for line in report.text.splitlines() if line.startswith("ligo"))
+
+
+def test_parent_cost_from_the_manifest_when_there_is_no_parent_folder(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", parent=False)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["parent"] = {"source": "hf-hub", "cost": {"flops": 6e12}}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    report = analyse(run_dir)
+    ligo = report.table.set_index("method").loc["ligo"]
+    assert report.parent_source == "manifest"
+    assert ligo["savings_charged_flops"] == pytest.approx(ligo["savings_flops"] - 0.5)
+    assert math.isnan(ligo["savings_charged_train_s"])  # the parent's time is unknown
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_run_directories_are_bench_errors(tmp_path):
+    with pytest.raises(BenchError, match="does not exist"):
+        analyse(tmp_path / "nowhere")
+    run_dir = make_run_dir(tmp_path / "run")
+    (run_dir / "manifest.json").write_text("{not json")
+    with pytest.raises(BenchError, match="not valid JSON"):
+        analyse(run_dir)
+    run_dir = make_run_dir(tmp_path / "run2")
+    curve = run_dir / "runs" / "ligo-s0" / "curve.csv"
+    pd.read_csv(curve).drop(columns=["val_loss"]).to_csv(curve, index=False)
+    with pytest.raises(BenchError, match="lacks the column"):
+        analyse(run_dir)

@@ -1,0 +1,53 @@
+"""MSLT, multi-stage layerwise training (Yang et al., "Progressively Stacking 2.0", 2020).
+
+The parent is widened to LARGE's width (function preserving, α / 1−α split), then grows in chunks of
+L1 layers: the new top layers copy the current top layers, and a growth stage trains only them and the
+output head (the LM head's own parameters; a tied output projection is the word embedding and stays
+frozen with it). The embeddings and the old layers only run forward, so no backward runs below the
+lowest new layer. A final joint stage trains everything.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from bench.errors import BenchError
+from bench.methods import GrowthContext, Method, register_method
+from bench.methods.surgery import build_large_at_depth, grow, parameter_groups
+from bench.phases import Phase
+
+
+@register_method("mslt")
+class MSLT(Method):
+    @dataclass
+    class Settings:
+        growth_share: float = 0.5  # of the budget, split equally between the growth stages; joint takes the rest
+        chunk_layers: int = 0  # layers added per growth stage; 0 = the parent's depth L1
+        alpha: float = 0.6  # width: each duplicated unit's contribution split α / 1−α between its copies
+        width_seed_offset: int = 1  # the width maps are drawn from the run's seed + this
+
+    def phases(self, ctx: GrowthContext):
+        settings, large = self.settings, ctx.pair.large
+        if not 0 <= settings.growth_share < 1 or settings.chunk_layers < 0:
+            raise BenchError(f"mslt: growth_share must be in [0, 1) and chunk_layers >= 0, got {settings}")
+        depths = self.depths(ctx.parent.config.num_hidden_layers, large.layers, settings.chunk_layers)
+        stage_share = settings.growth_share / max(1, len(depths) - 1)
+        growth = grow(ctx.parent, build_large_at_depth(ctx, depths[0]), width="split", alpha=settings.alpha,
+                      seed=ctx.seed + settings.width_seed_offset)
+        model, record = growth.model, growth.settings()
+        for stage, (current, target) in enumerate(itertools.pairwise(depths), start=1):
+            deeper = grow(model, build_large_at_depth(ctx, target), depth="stack")
+            model = deeper.model
+            _, layers, head = parameter_groups(model)
+            trainable = [p for layer in layers[current:] for p in layer] + head
+            stage_record = record | deeper.settings() | {"layers": target, "trained_layers": [current, target - 1]}
+            yield Phase(f"growth-{stage}", model, trainable=trainable, share=stage_share, settings=stage_record)
+        yield Phase("joint", model, settings=record | {"layers": large.layers})
+
+    @staticmethod
+    def depths(parent_layers: int, large_layers: int, chunk: int) -> list[int]:
+        """The depth after each growth stage, starting from the parent's: chunks of `chunk` (0 = parent's
+        depth) layers, the last one smaller when they do not divide."""
+        chunk = chunk or parent_layers
+        return list(range(parent_layers, large_layers, chunk)) + [large_layers]

@@ -1,0 +1,77 @@
+"""The command line end to end: bad input is one line and exit 2; a small comparison writes the run directory."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+
+# A small corpus written by the test: enough text to train a tokenizer and a few steps on.
+SENTENCES = [
+    "The parser reads the configuration file and returns a dictionary of options.",
+    "Each worker process handles one request at a time and reports its status.",
+    "A tokenizer splits text into pieces that the model maps to vectors.",
+    "Training stops when the validation loss no longer improves for several evaluations.",
+    "The scheduler lowers the learning rate linearly until it reaches zero at the end.",
+    "Weights are saved in the safetensors format so that loading never runs code.",
+]
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("GROWBENCH_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for index in range(12):
+        paragraphs = [" ".join(SENTENCES[(index + k) % len(SENTENCES)] for k in range(4)) for _ in range(30)]
+        (folder / f"doc{index}.txt").write_text("\n\n".join(f"{p} ({index}.{n})" for n, p in enumerate(paragraphs)))
+    return folder
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "--pair", "bert-nano:bert-huge"], "unknown size"),
+    (["compare", "--pair", "bert-micro:bert-nano"], "shrinks"),
+    (["compare", "--methods", "scratch,warp-drive"], "unknown method"),
+    (["compare", "--budget-steps", "0"], "must be positive"),
+    (["compare", "--corpus", "/nonexistent/corpus.txt", "--methods", "scratch"], "/nonexistent/corpus.txt"),
+    (["compare", "--method-arg", "scratch.nothing=1", "--methods", "scratch"], "no setting"),
+    (["check", "/nonexistent-run", "--baseline", "/nonexistent.json"], "does not exist"),
+    (["pretrain", "--size", "bert-enormous"], "unknown size"),
+])
+def test_bad_input_is_one_line_on_stderr_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("GROWBENCH_CACHE", str(tmp_path))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_list_shows_sizes_methods_collectors_and_prices(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("bert-base", "gpt2-medium", "scratch", "flops", "energy", "as of"):
+        assert word in out
+
+
+@pytest.mark.slow
+def test_small_compare_writes_the_run_directory_and_resume_skips_finished_runs(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["compare", "--pair", "bert-nano:bert-micro", "--methods", "scratch", "--seeds", "2", "--budget-steps",
+            "6", "--corpus", str(corpus), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["pair"] == "bert-nano:bert-micro" and manifest["seeds"] == [0, 1]
+    for seed in (0, 1):
+        run = out / "runs" / f"scratch-s{seed}"
+        assert json.loads((run / "status.json").read_text())["state"] == "done"
+        curve = pd.read_csv(run / "curve.csv")
+        assert curve["step"].iloc[0] == 0 and curve["step"].iloc[-1] == 6
+        assert curve["val_loss"].iloc[-1] < curve["val_loss"].iloc[0]
+        phases = pd.read_csv(run / "phases.csv")
+        assert phases["flops_executed"].iloc[0] > 0 and phases["train_s"].iloc[0] > 0
+        assert (run / "model" / "model.safetensors").exists()
+    assert (out / "report.md").exists()
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert capsys.readouterr().out.count("done already, skipped") == 2
+    assert main(argv) == 2  # the same folder without --resume is refused, nothing is overwritten

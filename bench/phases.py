@@ -40,6 +40,8 @@ class Phase:
     variant:   for a phase whose step structure changes from step to step (bert2BERT's sampled
                sub-models): step -> a hashable key, deterministic. The loop counts the FLOPs of
                each distinct key once and charges every step what its own key costs.
+    keep_optimizer: continue the previous phase's AdamW state instead of a fresh one; the phase
+               must train the same parameters (KI's switch from teacher-guided to plain training).
     fits_init: the phase only fits the grown model's initialisation (LiGO's operator); `bench grow`
                runs such phases and stops at the first phase that is not one.
     settings:  what the method chose for this phase, recorded in phases.csv.
@@ -57,6 +59,7 @@ class Phase:
     lr: float | None = None
     warmup_steps: int = 0
     variant: Callable[[int], Hashable] | None = None
+    keep_optimizer: bool = False
     fits_init: bool = False
     settings: dict = field(default_factory=dict)
 

@@ -126,14 +126,15 @@ def train_phases(
     ledger = _Ledger(budget, config.eval_points)
     curve: list[dict] = []
     phase_rows: list[dict] = []
-    phase = None
+    phase, optimizer = None, None
     for phase in phases:
         if init_only and not phase.fits_init:
             for module in (phase.model, phase.eval_model):
                 module.to(config.device)
             _evaluate(phase, ledger, data, config, collectors, curve, train_loss=math.nan)
             return RunResult(curve, phase_rows, phase.eval_model, curve[-1]["val_loss"])
-        row, diverged = _train_phase(phase, ledger, data, config, collectors, curve)
+        optimizer = _optimizer_for(phase, optimizer, config.optim)
+        row, diverged = _train_phase(phase, optimizer, ledger, data, config, collectors, curve)
         phase_rows.append(row)
         if diverged:
             return RunResult(curve, phase_rows, phase.eval_model, math.nan, diverged=diverged)
@@ -145,7 +146,7 @@ def train_phases(
     return RunResult(curve, phase_rows, phase.eval_model, curve[-1]["val_loss"])
 
 
-def _train_phase(phase: Phase, ledger: _Ledger, data: BatchSource, config: LoopConfig,
+def _train_phase(phase: Phase, optimizer: torch.optim.AdamW, ledger: _Ledger, data: BatchSource, config: LoopConfig,
                  collectors: CollectorSet, curve: list[dict]) -> tuple[dict, str | None]:
     """Train one phase to its share of the budget; (its phases.csv row, divergence reason or None)."""
     for module in (phase.model, phase.eval_model, *phase.extra_forward):
@@ -158,7 +159,6 @@ def _train_phase(phase: Phase, ledger: _Ledger, data: BatchSource, config: LoopC
         plan = _StepCosts(phase, ledger, data, config).plan()
     _evaluate(phase, ledger, data, config, collectors, curve, train_loss=math.nan)
 
-    optimizer = _make_optimizer(phase, config.optim)
     bar = tqdm(total=len(plan), desc=f"{config.label} {phase.name}".strip(), disable=not config.progress_bar,
                leave=False, dynamic_ncols=True)
     diverged, local_step = None, 0
@@ -245,8 +245,14 @@ class _StepCosts:
         return flops, self.units(local_step, flops)
 
 
-def _make_optimizer(phase: Phase, optim: OptimConfig) -> torch.optim.AdamW:
-    """A fresh AdamW per phase; no weight decay on biases and LayerNorm weights (1-D tensors)."""
+def _optimizer_for(phase: Phase, previous: torch.optim.AdamW | None, optim: OptimConfig) -> torch.optim.AdamW:
+    """A fresh AdamW per phase (no weight decay on biases and LayerNorm weights, the 1-D tensors),
+    unless the phase keeps the previous one."""
+    if phase.keep_optimizer:
+        kept = {id(p) for group in previous.param_groups for p in group["params"]} if previous else set()
+        if kept != {id(p) for p in phase.trainable}:
+            raise ValueError(f"phase {phase.name!r} keeps the optimizer but trains other parameters")
+        return previous
     decay = [p for p in phase.trainable if p.ndim >= 2]
     no_decay = [p for p in phase.trainable if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -66,7 +66,7 @@ def test_shares_split_the_budget_and_the_last_phase_takes_the_rest():
     first, second = model(), model(seed=1)
     result = run([Phase("a", first, share=0.25), Phase("b", second)], Budget("tokens", 40 * BATCH * SEQ))
     assert [row["steps"] for row in result.phases] == [10, 30]
-    assert [row["phase"] for row in result.curve][0] == "a"
+    assert result.curve[0]["phase"] == "a"
 
 
 def test_eval_cadence_is_the_same_grid_for_every_method():

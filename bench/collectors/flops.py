@@ -40,6 +40,7 @@ from torch.utils.flop_counter import (
     sdpa_backward_flop_count,
     sdpa_flop_count,
 )
+from transformers import PreTrainedModel
 
 from bench.collectors import Collector, register_collector
 from bench.hardware import rng_preserved
@@ -427,6 +428,12 @@ class FlopsCollector(Collector):
 
     def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor]) -> None:
         self._phase, self._batch = phase, batch
+        if not isinstance(phase.model, PreTrainedModel):
+            # e.g. LiGO's operator: the trained weights live outside the traced modules, so a
+            # per-module forward x backward rule would miss the operator's gradient work
+            self._fvcore_note = f"unavailable: the phase trains a {type(phase.model).__name__}, not a transformers model"
+            self._analytic, self._analytic_note = None, "unavailable: not a transformers model"
+            return
         try:
             first = self._fvcore(0)
             self._fvcore_note = "traced forward, training per module"

@@ -8,11 +8,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-$(BIN)/bench: pyproject.toml
+$(BIN)/bench: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(BIN)/bench
 
 .PHONY: setup run test lint benchmark

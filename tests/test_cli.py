@@ -75,3 +75,14 @@ def test_small_compare_writes_the_run_directory_and_resume_skips_finished_runs(c
     assert main([*argv, "--resume"]) == 0
     assert capsys.readouterr().out.count("done already, skipped") == 2
     assert main(argv) == 2  # the same folder without --resume is refused, nothing is overwritten
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", ["gpt2-nano:gpt2-micro", "roberta-nano:roberta-micro"])
+def test_every_method_runs_on_the_gpt2_and_roberta_pairs(pair, corpus, tmp_path):
+    out = tmp_path / "run"
+    argv = ["compare", "--pair", pair, "--methods", "all", "--seeds", "1", "--budget-steps", "8", "--parent-steps",
+            "4", "--method-arg", "ligo.operator_steps=2", "--method-arg", "ligo.operator_warmup_steps=1", "--corpus", str(corpus), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    states = {path.parent.name: json.loads(path.read_text())["state"] for path in out.glob("runs/*/status.json")}
+    assert len(states) == 8 and set(states.values()) == {"done"}, states

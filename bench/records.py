@@ -105,9 +105,6 @@ class RunDir:
 
     def save_model(self, model, tokenizer=None) -> None:
         """The final weights as a transformers checkpoint (safetensors)."""
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
         with atomic_dir(self.path / "model") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:

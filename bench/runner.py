@@ -34,6 +34,8 @@ from bench.records import DIVERGED, DONE, FAILED, RUNNING, RunDir, read_json, ru
 from bench.sizes import SIZES, Pair, Size, defaults_for, get_size, make_pair, parse_pair
 from bench.train import BatchSource, Budget, LoopConfig, OptimConfig, RunResult, step_flops, step_seconds, train_phases
 
+transformers.utils.logging.disable_progress_bar()  # our own bars show progress; no per-file load/save bars
+
 PARENT_SEED = 0  # the parent is one fixed asset shared by every seed, as in the papers
 
 

@@ -325,9 +325,12 @@ def _autocast(config: LoopConfig):
 
 
 def step_flops(phase: Phase, batch: Batch, config: LoopConfig, local_step: int = 0) -> float:
-    """Executed FLOPs of one training step of `phase` (all its micro-batches), counted by running it."""
+    """Executed FLOPs of one training step of `phase`, counted by running it: its first micro-batch,
+    scaled by the rows of the whole batch (micro-batches differ only in which positions are masked,
+    as whole steps do)."""
     chunks = _chunks(_to_device(batch, config.device), config.micro_batch)
-    return float(sum(count_executed_step(phase, chunk, local_step) for chunk in chunks))
+    rows = batch["input_ids"].shape[0] / chunks[0]["input_ids"].shape[0]
+    return float(count_executed_step(phase, chunks[0], local_step)) * rows
 
 
 def step_seconds(phase: Phase, batch: Batch, config: LoopConfig) -> float:

@@ -56,11 +56,14 @@ def test_list_shows_sizes_methods_collectors_and_prices(capsys):
 @pytest.mark.slow
 def test_small_compare_writes_the_run_directory_and_resume_skips_finished_runs(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["compare", "--pair", "bert-nano:bert-micro", "--methods", "scratch", "--seeds", "2", "--budget-steps",
-            "6", "--corpus", str(corpus), "--out", str(out), "--no-progress"]
+    config = tmp_path / "compare.toml"  # options may come from a config file; the command line wins
+    config.write_text('pair = "bert-nano:bert-micro"\nmethods = "scratch"\nseeds = 5\nno_progress = true\n')
+    argv = ["compare", "--config", str(config), "--seeds", "2", "--budget-steps", "6", "--corpus", str(corpus),
+            "--out", str(out)]
     assert main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["pair"] == "bert-nano:bert-micro" and manifest["seeds"] == [0, 1]
+    assert list(manifest["methods"]) == ["scratch"]
     for seed in (0, 1):
         run = out / "runs" / f"scratch-s{seed}"
         assert json.loads((run / "status.json").read_text())["state"] == "done"

@@ -31,7 +31,7 @@ from bench.hardware import hardware_fingerprint
 from bench.methods import GrowthContext, make_method
 from bench.phases import Phase
 from bench.records import DIVERGED, DONE, FAILED, RUNNING, RunDir, read_json, run_name, write_json
-from bench.sizes import SIZES, Pair, Size, defaults_for, get_size, make_pair, parse_pair
+from bench.sizes import SIZES, Pair, Size, config_dims, defaults_for, get_size, make_pair, parse_pair
 from bench.train import BatchSource, Budget, LoopConfig, OptimConfig, RunResult, step_flops, step_seconds, train_phases
 
 transformers.utils.logging.disable_progress_bar()  # our own bars show progress; no per-file load/save bars
@@ -178,10 +178,6 @@ def pretrain(size: Size, steps: int, prepared: Prepared, loop: LoopConfig, out: 
     return folder
 
 
-def _ffn(config) -> int:
-    return config.intermediate_size if hasattr(config, "intermediate_size") else (config.n_inner or 4 * config.hidden_size)
-
-
 def load_parent(path: str, size: Size | None, family: str | None = None) -> PreTrainedModel:
     """A parent checkpoint (a folder, or a hub id the user asked for), checked against SMALL's shape."""
     family = family or size.family
@@ -196,7 +192,7 @@ def load_parent(path: str, size: Size | None, family: str | None = None) -> PreT
     config = model.config
     if config.model_type != family:
         raise BenchError(f"the parent at {path} is a {config.model_type} model, not {family}")
-    shape = (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, _ffn(config))
+    shape = config_dims(config)
     if size is not None and shape != size.dims:
         raise BenchError(f"the parent at {path} is {shape} (layers, hidden, heads, ffn), not {size.name} {size.dims}")
     return model
@@ -383,7 +379,7 @@ def _human(seconds: float) -> str:
 def all_method_names() -> list[str]:
     from bench.methods import method_names
 
-    return method_names()
+    return sorted(method_names(), key=lambda name: name != "scratch")  # scratch first: it sets the target
 
 
 def report(run_dir: Path, target: float | None = None):
@@ -422,8 +418,7 @@ def grow_command(method_name: str, source: str, to: str, out: Path, method_args:
     large = get_size(to)
     parent = load_parent(source, None, large.family)
     config = parent.config
-    small = Size(f"parent({Path(source).name})", large.family, config.num_hidden_layers, config.hidden_size,
-                 config.num_attention_heads, _ffn(config))
+    small = Size(f"parent({Path(source).name})", large.family, *config_dims(config))
     pair = make_pair(small, large)
     tokenizer_dir = tokenizer_dir or source
     prepared, loop, prices = _standalone(large, corpus, tokenizer_dir, device, dtype, None, progress_bar,

@@ -82,6 +82,12 @@ class Size:
         return FAMILIES[self.family].model_class(self.config(vocab_size, seq_len, pad_token_id))
 
 
+def config_dims(config: PretrainedConfig) -> tuple[int, int, int, int]:
+    """(layers, hidden, heads, ffn) of a BERT / RoBERTa / GPT-2 config (GPT-2's n_inner None means 4 x hidden)."""
+    ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+    return config.num_hidden_layers, config.hidden_size, config.num_attention_heads, ffn
+
+
 # (layers, hidden, heads, ffn). nano..mini are CPU scale; small/base/large are the LiGO paper's.
 _SHAPES = {
     "nano": (2, 64, 2, 256),

@@ -13,16 +13,14 @@ A new collector is one new file in this package (or a `growbench.collectors` ent
 from __future__ import annotations
 
 import contextlib
-import importlib
-import pkgutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
 
 from bench.phases import Phase
+from bench.registry import Registry
 
 WINDOW_KINDS = ("train", "eval", "overhead")
 
@@ -64,35 +62,18 @@ class Collector:
         pass
 
 
-_REGISTRY: dict[str, type[Collector]] = {}
-
-
-def register_collector(name: str):
-    def decorator(cls: type[Collector]) -> type[Collector]:
-        if name in _REGISTRY:
-            raise ValueError(f"collector {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
-
-
-def _load_all() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    for entry in entry_points(group="growbench.collectors"):
-        entry.load()
+_REGISTRY = Registry("collector", __name__, "growbench.collectors")
+register_collector = _REGISTRY.register
 
 
 def collector_names() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY, key=lambda name: (_REGISTRY[name].order, name))
+    classes = _REGISTRY.classes()
+    return sorted(classes, key=lambda name: (classes[name].order, name))
 
 
 def make_collectors(run: RunInfo, names: list[str] | None = None) -> list[Collector]:
     """All registered collectors (or `names`), in the order their columns build on each other."""
-    return [_REGISTRY[name](run) for name in collector_names() if names is None or name in names]
+    return [_REGISTRY.classes()[name](run) for name in collector_names() if names is None or name in names]
 
 
 class CollectorSet:

@@ -4,20 +4,16 @@ point) that registers a class yielding phases; nothing else needs editing to add
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import ClassVar
 
 from transformers import PreTrainedModel
 
 from bench.errors import BenchError
 from bench.phases import Phase
+from bench.registry import Registry
 from bench.sizes import Pair
-
-_REGISTRY: dict[str, type[Method]] = {}
 
 
 @dataclass
@@ -59,35 +55,20 @@ class Method:
         raise NotImplementedError
 
 
-def register_method(name: str):
-    def decorator(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
-
-
-def _load_all() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    for entry in entry_points(group="growbench.methods"):
-        entry.load()
+_REGISTRY = Registry("method", __name__, "growbench.methods")
+register_method = _REGISTRY.register
 
 
 def method_names() -> list[str]:
-    _load_all()
-    return list(_REGISTRY)
+    return list(_REGISTRY.classes())
 
 
 def make_method(name: str, args: dict[str, str] | None = None) -> Method:
     """The method `name` with its settings overridden by `args` ({field: text value})."""
-    _load_all()
-    if name not in _REGISTRY:
-        raise BenchError(f"unknown method {name!r}; known methods: {', '.join(_REGISTRY)}")
-    cls = _REGISTRY[name]
+    classes = _REGISTRY.classes()
+    if name not in classes:
+        raise BenchError(f"unknown method {name!r}; known methods: {', '.join(classes)}")
+    cls = classes[name]
     settings = cls.Settings()
     fields = {f.name: f for f in dataclasses.fields(settings)}
     for key, text in (args or {}).items():

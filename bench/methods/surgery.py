@@ -42,6 +42,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from bench.errors import BenchError
 from bench.methods import GrowthContext
+from bench.sizes import config_dims
 
 WIDTH_MODES = ("fpi", "split", "aki")
 
@@ -114,8 +115,7 @@ class Dims:
 
     @classmethod
     def of(cls, config: PretrainedConfig) -> Dims:
-        ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
-        return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads, ffn)
+        return cls(*config_dims(config))
 
 
 @dataclass(frozen=True)

@@ -150,3 +150,16 @@ def test_baseline_and_run_that_do_not_match_are_bench_errors(baseline, tmp_path)
         check(make_run_dir(tmp_path / "fewer", specs), path)
     with pytest.raises(BenchError, match="is for pair"):
         check(make_run_dir(tmp_path / "other-pair", pair="bert-mini:bert-small"), path)
+
+
+def test_noisy_quantities_are_judged_on_the_interval_not_one_mean():
+    from bench.check import QUANTITIES, _judge
+
+    wall = next(q for q in QUANTITIES if q.column == "savings_train_s")
+    expected = {"value": 0.30, "tolerance": 0.10}
+    # the mean fell 15 points, but the interval still reaches into the band: noise, not a verdict
+    assert _judge(wall, expected, 0.15, "m", interval=(0.05, 0.25)).verdict == "ok"
+    # the whole interval below the band: a regression
+    assert _judge(wall, expected, 0.10, "m", interval=(0.05, 0.15)).verdict == "REGRESSION"
+    # without an interval (one seed), the mean is judged
+    assert _judge(wall, expected, 0.15, "m").verdict == "REGRESSION"

@@ -31,7 +31,7 @@ from bench.hardware import hardware_fingerprint
 from bench.methods import GrowthContext, make_method
 from bench.phases import Phase
 from bench.records import DIVERGED, DONE, FAILED, RUNNING, RunDir, read_json, run_name, write_json
-from bench.sizes import SIZES, Pair, Size, config_dims, defaults_for, get_size, make_pair, parse_pair
+from bench.sizes import SIZES, Dims, Pair, Size, defaults_for, get_size, make_pair, parse_pair
 from bench.train import BatchSource, Budget, LoopConfig, OptimConfig, RunResult, step_flops, step_seconds, train_phases
 
 transformers.utils.logging.disable_progress_bar()  # our own bars show progress; no per-file load/save bars
@@ -192,7 +192,7 @@ def load_parent(path: str, size: Size | None, family: str | None = None) -> PreT
     config = model.config
     if config.model_type != family:
         raise BenchError(f"the parent at {path} is a {config.model_type} model, not {family}")
-    shape = config_dims(config)
+    shape = Dims.of(config)
     if size is not None and shape != size.dims:
         raise BenchError(f"the parent at {path} is {shape} (layers, hidden, heads, ffn), not {size.name} {size.dims}")
     return model
@@ -418,7 +418,7 @@ def grow_command(method_name: str, source: str, to: str, out: Path, method_args:
     large = get_size(to)
     parent = load_parent(source, None, large.family)
     config = parent.config
-    small = Size(f"parent({Path(source).name})", large.family, *config_dims(config))
+    small = Size(f"parent({Path(source).name})", large.family, *Dims.of(config))
     pair = make_pair(small, large)
     tokenizer_dir = tokenizer_dir or source
     prepared, loop, prices = _standalone(large, corpus, tokenizer_dir, device, dtype, None, progress_bar,

@@ -6,6 +6,7 @@ Every model is a real `transformers` model built from a local config; nothing is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers import (
@@ -38,6 +39,25 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+class Dims(NamedTuple):
+    """The shape of a transformer, the part growth changes."""
+
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @classmethod
+    def of(cls, config: PretrainedConfig) -> Dims:
+        """The dims of a BERT / RoBERTa / GPT-2 config (GPT-2's n_inner None means 4 x hidden)."""
+        ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+        return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads, ffn)
+
+
 @dataclass(frozen=True)
 class Size:
     name: str
@@ -48,12 +68,8 @@ class Size:
     ffn: int
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    @property
-    def dims(self) -> tuple[int, int, int, int]:
-        return (self.layers, self.hidden, self.heads, self.ffn)
+    def dims(self) -> Dims:
+        return Dims(self.layers, self.hidden, self.heads, self.ffn)
 
     def config(self, vocab_size: int, seq_len: int, pad_token_id: int = 0) -> PretrainedConfig:
         """A transformers config for this shape. Dropout is 0: runs here are short, single-epoch
@@ -80,12 +96,6 @@ class Size:
         """LARGE (or SMALL) with transformers' default random init, seeded."""
         torch.manual_seed(seed)
         return FAMILIES[self.family].model_class(self.config(vocab_size, seq_len, pad_token_id))
-
-
-def config_dims(config: PretrainedConfig) -> tuple[int, int, int, int]:
-    """(layers, hidden, heads, ffn) of a BERT / RoBERTa / GPT-2 config (GPT-2's n_inner None means 4 x hidden)."""
-    ffn = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
-    return config.num_hidden_layers, config.hidden_size, config.num_attention_heads, ffn
 
 
 # (layers, hidden, heads, ffn). nano..mini are CPU scale; small/base/large are the LiGO paper's.

@@ -12,7 +12,8 @@ from bench.methods import make_method
 from bench.methods.bert2bert import Bert2BERT
 from bench.methods.mslt import MSLT
 from bench.methods.stackbert import ProgressiveStackBERT
-from bench.methods.surgery import Dims, layer_list, width_maps
+from bench.methods.surgery import layer_list, width_maps
+from bench.sizes import Dims
 
 
 def step_flops(phase, step: int = 0) -> int:

@@ -11,7 +11,6 @@ from test_contracts import FAMILIES, SEQ, VOCAB, random_batch
 
 from bench.errors import BenchError
 from bench.methods.surgery import (
-    Dims,
     bottom_layers,
     grow,
     interleave_layers,
@@ -23,7 +22,7 @@ from bench.methods.surgery import (
     width_maps,
 )
 from bench.objective import lm_loss, scored_logits
-from bench.sizes import get_size
+from bench.sizes import Dims, get_size
 
 
 def shape(family: str, layers: int = 2, hidden: int = 64, heads: int = 2, ffn: int = 256):

@@ -38,11 +38,11 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 from bench.errors import BenchError
 from bench.methods import GrowthContext
-from bench.sizes import config_dims
+from bench.sizes import Dims
 
 WIDTH_MODES = ("fpi", "split", "aki")
 
@@ -100,22 +100,6 @@ def _fused(part: UnitMap, n_small: int, parts: int = 3) -> UnitMap:
     return UnitMap(
         torch.cat([part.source + p * n_small for p in range(parts)]), part.share.repeat(parts), part.new.repeat(parts)
     )
-
-
-@dataclass(frozen=True)
-class Dims:
-    layers: int
-    hidden: int
-    heads: int
-    ffn: int
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    @classmethod
-    def of(cls, config: PretrainedConfig) -> Dims:
-        return cls(*config_dims(config))
 
 
 @dataclass(frozen=True)
@@ -354,7 +338,7 @@ def _check_compatible(source: PreTrainedModel, target: PreTrainedModel) -> None:
     if type(source) is not type(target):
         raise BenchError(f"cannot grow a {type(source).__name__} into a {type(target).__name__}")
     small, large = Dims.of(source.config), Dims.of(target.config)
-    if any(s > t for s, t in zip(vars(small).values(), vars(large).values())):
+    if any(s > t for s, t in zip(small, large)):
         raise BenchError(f"cannot grow {small} into the smaller {large}")
 
 

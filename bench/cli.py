@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="train every method under one budget and record what it cost")
     compare.add_argument("--pair", default="bert-nano:bert-micro", help="SMALL:LARGE (default bert-nano:bert-micro)")
     compare.add_argument("--methods", default="scratch,stackbert,mslt,bert2bert,ki,ligo",
-                         help="comma-separated method names, or 'all'")
+                         help="comma-separated method names; 'all' = every method that is not a variant (no ':')")
     compare.add_argument("--method-arg", action="append", default=[], metavar="METHOD.SETTING=VALUE")
     _add_budget_args(compare)
     compare.add_argument("--parent-steps", type=int, metavar="N", help="steps to pretrain the parent (SMALL)")
@@ -156,7 +156,7 @@ def _compare(args) -> int:
     from bench import runner
 
     unit, value, steps = _budget(args)
-    methods = runner.all_method_names() if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    methods = runner.method_list(args.methods)
     data = None
     if args.corpus or args.tokenizer:
         defaults = runner.parse_pair(args.pair).defaults

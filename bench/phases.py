@@ -45,6 +45,10 @@ class Phase:
     fits_init: the phase only fits the grown model's initialisation (LiGO's operator); `bench grow`
                runs such phases and stops at the first phase that is not one.
     settings:  what the method chose for this phase, recorded in phases.csv.
+
+    `plain` (derived) says the phase is plain training: every parameter of `model` trains on the default
+    LM loss, on the run's schedule, with no extra passes and no variants. The loop records it, so that a
+    report can tell the budget spent on plain LARGE training from what a method spent around it.
     """
 
     name: str
@@ -62,10 +66,13 @@ class Phase:
     keep_optimizer: bool = False
     fits_init: bool = False
     settings: dict = field(default_factory=dict)
+    plain: bool = field(init=False)
 
     def __post_init__(self):
         if self.share is not None and self.steps is not None:
             raise ValueError(f"phase {self.name}: give share or steps, not both")
+        self.plain = (self.trainable is None and self.loss is None and self.eval_model is None
+                      and not self.extra_forward and self.variant is None and self.lr is None)
         if self.trainable is None:
             self.trainable = list(self.model.parameters())
         if self.eval_model is None:
@@ -76,6 +83,15 @@ class Phase:
         if self.evaluate is None:
             eval_model = self.eval_model
             self.evaluate = lambda batch: lm_loss(eval_model, batch)
+
+    def steps_by_variant(self, steps: int) -> dict[Hashable, list[int]]:
+        """The phase's local steps 0..steps-1 grouped by variant key (one group, key None, without variants)."""
+        if self.variant is None:
+            return {None: list(range(steps))}
+        groups: dict[Hashable, list[int]] = {}
+        for step in range(steps):
+            groups.setdefault(self.variant(step), []).append(step)
+        return groups
 
     def prepare(self) -> None:
         """Freeze everything in the phase's modules but `trainable` (frozen = forward only)."""

@@ -376,10 +376,14 @@ def _human(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def all_method_names() -> list[str]:
+def method_list(text: str) -> list[str]:
+    """Comma-separated method names, each once, in order; `all` stands for every registered method that is
+    not a variant (no ':' in its name), scratch first: it sets the target."""
     from bench.methods import method_names
 
-    return sorted(method_names(), key=lambda name: name != "scratch")  # scratch first: it sets the target
+    every = sorted((name for name in method_names() if ":" not in name), key=lambda name: name != "scratch")
+    names = [name.strip() for item in text.split(",") for name in (every if item.strip() == "all" else [item])]
+    return list(dict.fromkeys(name for name in names if name))
 
 
 def report(run_dir: Path, target: float | None = None):

@@ -127,7 +127,12 @@ def train_phases(
     curve: list[dict] = []
     phase_rows: list[dict] = []
     phase, optimizer = None, None
-    for phase in phases:
+    while True:
+        with collectors.window("overhead"):  # building a phase is growth surgery or materialisation
+            built = next(phases, None)
+        if built is None:
+            break
+        phase = built
         if init_only and not phase.fits_init:
             for module in (phase.model, phase.eval_model):
                 module.to(config.device)
@@ -137,13 +142,26 @@ def train_phases(
         row, diverged = _train_phase(phase, optimizer, ledger, data, config, collectors, curve)
         phase_rows.append(row)
         if diverged:
-            return RunResult(curve, phase_rows, phase.eval_model, math.nan, diverged=diverged)
+            return RunResult(curve, _mark_plain_large(phase_rows, phase.eval_model), phase.eval_model, math.nan,
+                             diverged=diverged)
     if phase is None:
         raise ValueError("the method yielded no phase")
     if phase.share is not None or phase.steps is not None:
         raise ValueError(f"phase {phase.name!r} is the last one, so it must take the rest of the budget "
                          "(no share, no fixed steps)")
-    return RunResult(curve, phase_rows, phase.eval_model, curve[-1]["val_loss"])
+    return RunResult(curve, _mark_plain_large(phase_rows, phase.eval_model), phase.eval_model, curve[-1]["val_loss"])
+
+
+def _parameter_count(parameters) -> int:
+    return sum(parameter.numel() for parameter in parameters)
+
+
+def _mark_plain_large(rows: list[dict], final_model: torch.nn.Module) -> list[dict]:
+    """`plain_large` in every phase row: plain training (Phase.plain) of a model of the final model's size."""
+    final = _parameter_count(final_model.parameters())
+    for row in rows:
+        row["plain_large"] = row.pop("plain") and row["parameters"] == final
+    return rows
 
 
 def _train_phase(phase: Phase, optimizer: torch.optim.AdamW, ledger: _Ledger, data: BatchSource, config: LoopConfig,
@@ -155,8 +173,8 @@ def _train_phase(phase: Phase, optimizer: torch.optim.AdamW, ledger: _Ledger, da
     steps_before, flops_before, tokens_before = ledger.step, ledger.flops, ledger.tokens
     with collectors.window("overhead"), _autocast(config):
         first_chunk = _chunks(_to_device(data.batch(ledger.step), config.device), config.micro_batch)[0]
-        collectors.start_phase(phase, first_chunk)
         plan = _StepCosts(phase, ledger, data, config).plan()
+        collectors.start_phase(phase, first_chunk, len(plan))
     _evaluate(phase, ledger, data, config, collectors, curve, train_loss=math.nan)
 
     bar = tqdm(total=len(plan), desc=f"{config.label} {phase.name}".strip(), disable=not config.progress_bar,
@@ -187,7 +205,9 @@ def _train_phase(phase: Phase, optimizer: torch.optim.AdamW, ledger: _Ledger, da
     bar.close()
     phase.zero_grad()
     row = {"phase": phase.name, "steps": ledger.step - steps_before, "tokens": ledger.tokens - tokens_before,
-           "flops_executed": ledger.flops - flops_before, "settings": phase.settings}
+           "flops_executed": ledger.flops - flops_before, "extra_forwards": len(phase.extra_forward),
+           "parameters": _parameter_count(phase.model.parameters()),
+           "trainable_parameters": _parameter_count(phase.trainable), "plain": phase.plain, "settings": phase.settings}
     return collectors.end_phase(row["steps"], row), diverged
 
 
@@ -197,7 +217,7 @@ class _StepCosts:
     def __init__(self, phase: Phase, ledger: _Ledger, data: BatchSource, config: LoopConfig):
         self.phase, self.ledger, self.data, self.config = phase, ledger, data, config
         self._flops: dict = {}
-        self._seconds: float | None = None
+        self._seconds: dict = {}
 
     def flops(self, local_step: int) -> float:
         key = self.phase.variant(local_step) if self.phase.variant else None
@@ -212,9 +232,10 @@ class _StepCosts:
             return flops
         if unit == "tokens":
             return float(self.data.tokens_per_step)
-        if self._seconds is None:
-            self._seconds = step_seconds(self.phase, self.data.batch(self.ledger.step), self.config)
-        return self._seconds
+        key = self.phase.variant(local_step) if self.phase.variant else None
+        if key not in self._seconds:
+            self._seconds[key] = step_seconds(self.phase, self.data.batch(self.ledger.step), self.config, local_step)
+        return self._seconds[key]
 
     def plan(self) -> list[tuple[float, float]]:
         """(flops, budget units) of each step the phase will take, fixed before it starts."""
@@ -333,10 +354,11 @@ def step_flops(phase: Phase, batch: Batch, config: LoopConfig, local_step: int =
     return float(count_executed_step(phase, chunks[0], local_step)) * rows
 
 
-def step_seconds(phase: Phase, batch: Batch, config: LoopConfig) -> float:
-    """Seconds one training step of `phase` takes here: the median of a few timed steps."""
+def step_seconds(phase: Phase, batch: Batch, config: LoopConfig, local_step: int = 0) -> float:
+    """Seconds one training step of `phase` (as its local step `local_step`) takes here: the median of a
+    few timed steps."""
     phase.prepare()
     for module in (phase.model, phase.eval_model, *phase.extra_forward):
         module.to(config.device)
     chunks = _chunks(_to_device(batch, config.device), config.micro_batch)
-    return median_step_seconds(phase, chunks[0]) * len(chunks)
+    return median_step_seconds(phase, chunks[0], step=local_step) * len(chunks)

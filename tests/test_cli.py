@@ -84,8 +84,19 @@ def test_small_compare_writes_the_run_directory_and_resume_skips_finished_runs(c
 @pytest.mark.parametrize("pair", ["gpt2-nano:gpt2-micro", "roberta-nano:roberta-micro"])
 def test_every_method_runs_on_the_gpt2_and_roberta_pairs(pair, corpus, tmp_path):
     out = tmp_path / "run"
-    argv = ["compare", "--pair", pair, "--methods", "all", "--seeds", "1", "--budget-steps", "8", "--parent-steps",
-            "4", "--method-arg", "ligo.operator_steps=2", "--method-arg", "ligo.operator_warmup_steps=1", "--corpus", str(corpus), "--out", str(out), "--no-progress"]
+    argv = ["compare", "--pair", pair, "--methods", "all,stackbert:progressive,bert2bert:fpi,ligo:fpi", "--seeds", "1",
+            "--budget-steps", "8", "--parent-steps", "4", "--corpus", str(corpus), "--out", str(out), "--no-progress"]
+    for method in ("ligo", "ligo:fpi"):
+        argv += ["--method-arg", f"{method}.operator_steps=2", "--method-arg", f"{method}.operator_warmup_steps=1"]
     assert main(argv) == 0
     states = {path.parent.name: json.loads(path.read_text())["state"] for path in out.glob("runs/*/status.json")}
-    assert len(states) == 8 and set(states.values()) == {"done"}, states
+    assert len(states) == 9 and set(states.values()) == {"done"}, states
+
+
+def test_all_means_every_method_that_is_not_a_variant_and_names_count_once():
+    from bench.runner import method_list
+
+    every = method_list("all")
+    assert every[0] == "scratch" and sorted(every) == sorted(["scratch", "stackbert", "mslt", "bert2bert", "ki", "ligo"])
+    mixed = method_list("ligo, all,ligo:fpi,ki")
+    assert mixed == ["ligo", "scratch", *[name for name in every[1:] if name != "ligo"], "ligo:fpi"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bench.collectors import RunInfo
+from bench.collectors import clock as clock_module
 from bench.collectors.clock import ClockCollector, median_step_seconds
 from bench.objective import IGNORE
 from bench.phases import Phase
@@ -59,3 +60,24 @@ def test_windows_are_timed_apart_and_accumulate_over_phases(phase_and_batch, tmp
     assert row["eval_s"] == first["eval_s"]
     assert row["reference_s"] == pytest.approx(first["reference_s"] + second["reference_s"])
     assert row["wall_s"] >= row["train_s"] + row["eval_s"] + row["overhead_s"]
+
+
+def test_a_varying_phase_is_calibrated_per_variant(tmp_path, monkeypatch):
+    """Each step is charged its own variant's calibrated time, not the first step's."""
+    model = get_size("bert-nano").build(VOCAB, SEQ, seed=0)
+    kind = (lambda step: "deep" if step % 3 == 0 else "shallow")
+    phase = Phase("sampled", model, variant=kind)
+    calibrated = []
+
+    def fake_median(phase, batch, repeats=3, step=0):
+        calibrated.append(kind(step))
+        return {"deep": 1.0, "shallow": 0.25}[kind(step)]
+
+    monkeypatch.setattr(clock_module, "median_step_seconds", fake_median)
+    clock = ClockCollector(RunInfo(torch.device("cpu"), tmp_path))
+    clock.start_phase(phase, {}, steps=6)
+    assert sorted(calibrated) == ["deep", "shallow"]  # once per variant
+    assert clock.snapshot({"step": 2})["reference_s"] == 1.25
+    row = clock.end_phase(6, {})
+    assert row["reference_s"] == 2 * 1.0 + 4 * 0.25
+    assert row["reference_step_s"] == row["reference_s"] / 6

@@ -13,10 +13,11 @@ import torch
 from transformers import PreTrainedModel
 
 from bench.methods import GrowthContext, make_method
+from bench.methods.surgery import layer_list
 from bench.phases import Phase
-from bench.sizes import parse_pair
+from bench.sizes import Dims, parse_pair
 
-METHODS = ["stackbert", "stackbert:progressive", "mslt", "bert2bert", "bert2bert:fpi", "ki", "ligo"]
+METHODS = ["stackbert", "stackbert:progressive", "mslt", "bert2bert", "bert2bert:fpi", "ki", "ligo", "ligo:fpi"]
 FAMILIES = ["bert", "roberta", "gpt2"]
 VOCAB, SEQ = 500, 16
 
@@ -144,3 +145,40 @@ def test_same_seed_same_grown_weights(name):
     ctx = tiny_context("gpt2")
     other = next(make_method(name).phases(dataclasses.replace(ctx, seed=1))).model  # same parent, other seed
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), other.parameters(), strict=True))
+
+
+KEEPS_COPIES = {"bert2bert:fpi"}  # the paper's exact FPI, kept on purpose to show that its copies never diverge
+
+
+def identical_units(model: PreTrainedModel) -> list[str]:
+    """The spaces of `model` in which two units are exactly equal: residual channels (the word embedding's
+    columns), and per layer the attention heads (their Q, K and V rows together) and the FFN units (fc1's
+    rows with their bias). Equal units get equal gradients, so they stay equal: frozen symmetry."""
+    def duplicated(rows: torch.Tensor) -> bool:
+        return len(torch.unique(rows.detach(), dim=0)) < len(rows)
+
+    dims = Dims.of(model.config)
+    found = ["hidden"] if duplicated(model.get_input_embeddings().weight.T) else []
+    for index, layer in enumerate(layer_list(model)):
+        if model.config.model_type == "gpt2":  # Conv1D weights are (in, out)
+            qkv = torch.cat([layer.attn.c_attn.weight.T, layer.attn.c_attn.bias[:, None]], 1).chunk(3)
+            ffn = torch.cat([layer.mlp.c_fc.weight.T, layer.mlp.c_fc.bias[:, None]], 1)
+        else:
+            attention = layer.attention.self
+            qkv = [torch.cat([m.weight, m.bias[:, None]], 1) for m in (attention.query, attention.key, attention.value)]
+            ffn = torch.cat([layer.intermediate.dense.weight, layer.intermediate.dense.bias[:, None]], 1)
+        heads = torch.cat([part.reshape(dims.heads, -1) for part in qkv], 1)  # one row per head
+        found += [f"layer {index} {space}" for space, rows in (("heads", heads), ("ffn", ffn)) if duplicated(rows)]
+    return found
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", METHODS)
+def test_no_frozen_symmetry_after_five_steps(name, family):
+    """After 5 AdamW steps of every phase, no two units of any layer of the grown model are identical —
+    except for the variant that keeps exact FPI copies by design, where they must still be identical."""
+    final = run_phases(name, tiny_context(family), steps=5)[-1].eval_model
+    if name in KEEPS_COPIES:
+        assert identical_units(final)
+    else:
+        assert identical_units(final) == []

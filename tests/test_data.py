@@ -4,6 +4,8 @@ The full built-in corpus takes a minute to extract, so extraction is tested on a
 """
 
 import json
+import os
+import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -134,7 +136,7 @@ def test_extraction_is_deterministic_cached_and_deduplicated(tmp_path, monkeypat
     def no_pool(*args, **kwargs):
         raise AssertionError("a cached corpus must not be extracted again")
 
-    monkeypatch.setattr(data.multiprocessing, "Pool", no_pool)
+    monkeypatch.setattr(data.corpus.multiprocessing, "Pool", no_pool)
     assert data.extract_docstring_corpus(roots, tmp_path / "one") == first
 
 
@@ -223,6 +225,7 @@ def test_wordpiece_tokenizer_has_bert_specials_and_lowercases(wordpiece):
     )
     assert wordpiece("The Message")["input_ids"] == wordpiece("the message")["input_ids"]
     assert wordpiece("the message")["input_ids"][0] == 2 and wordpiece("the message")["input_ids"][-1] == 3
+    assert "##e" in wordpiece.get_vocab() and set(wordpiece.get_added_vocab()) == set(wordpiece.all_special_tokens)
 
 
 def test_bpe_tokenizer_has_roberta_specials_and_is_lossless(bpe):
@@ -241,11 +244,43 @@ def test_trained_tokenizer_is_cached_and_reused(tmp_path, monkeypatch, corpus):
     def no_training(*args):
         raise AssertionError("a cached tokenizer must not be trained again")
 
-    monkeypatch.setattr(data, "_train_tokenizer", no_training)
+    monkeypatch.setattr(data.tokenizer, "_train_tokenizer", no_training)
     second = data.load_tokenizer(corpus, "bpe", 600, cache_dir=tmp_path)
     assert second.get_vocab() == first.get_vocab()
+    [folder] = (tmp_path / "tokenizers").iterdir()
+    assert folder.name.endswith(f"-v{data.TOKENIZER_FORMAT}"), "a tokenizer from older training code is not reused"
     with pytest.raises(AssertionError):
         data.load_tokenizer(corpus, "bpe", 700, cache_dir=tmp_path)  # another size is another tokenizer
+
+
+TRAIN_BOTH_KINDS = """
+import json, sys
+from pathlib import Path
+from bench import data
+states = {kind: json.loads(data.tokenizer._train_tokenizer(Path(sys.argv[1]), kind, 2000).to_str())
+          for kind in ("wordpiece", "bpe")}
+print(json.dumps(states))
+"""
+
+
+def test_tokenizer_training_is_the_same_in_every_process(corpus):
+    """The same text gives the same vocabulary, ids and merges in a fresh process, whatever its thread count.
+    `tokenizers` hashes with a per-process random seed, so two trainings in one process prove less."""
+    path = os.pathsep.join(filter(None, [str(Path(data.__file__).parents[2]), os.environ.get("PYTHONPATH")]))
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TRAIN_BOTH_KINDS, str(corpus.train_path)], stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": path, "RAYON_NUM_THREADS": threads},  # this `bench`, not another
+        )
+        for threads in ("1", "3")
+    ]
+    first, second = [json.loads(run.communicate(timeout=120)[0]) for run in runs]
+    assert all(run.returncode == 0 for run in runs)
+    for kind in ("wordpiece", "bpe"):
+        vocab, other = first[kind]["model"]["vocab"], second[kind]["model"]["vocab"]
+        moved = sorted(token for token in vocab.keys() | other.keys() if vocab.get(token) != other.get(token))
+        assert not moved, f"{kind}: {len(moved)} tokens have other ids in another process, e.g. {moved[:5]}"
+        assert first[kind] == second[kind]
 
 
 def test_tokenizer_dir_loads_a_saved_tokenizer(tmp_path, corpus, wordpiece):
@@ -273,7 +308,7 @@ def test_token_ids_are_cached_memory_mapped_documents_with_separators(
     def no_encoding(*args):
         raise AssertionError("cached token ids must not be encoded again")
 
-    monkeypatch.setattr(data, "_encode_to_npy", no_encoding)
+    monkeypatch.setattr(data.tokenizer, "_encode_to_npy", no_encoding)
     again = data.tokenize_corpus(corpus, wordpiece, module_cache)
     assert again.fingerprint == tokenized.fingerprint
     np.testing.assert_array_equal(again.train, tokenized.train)

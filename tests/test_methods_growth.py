@@ -161,9 +161,8 @@ def test_duplicated_units_diverge_only_where_symmetry_is_broken(name, family):
     assert hidden_after.min() > 1e-6 and hidden_after.max() > 1e-4
     for layer, (copied, gap) in enumerate(zip(copied_ffn, ffn_after, strict=True)):
         if name == "bert2bert":
-            # AKI takes the added FFN units from the next layer; the parent's top layer (large layers 1 and
-            # 3) uses itself, so there they are FPI copies and stay identical: AKI leaves them symmetric.
-            assert copied == (layer % 2 == 1)
-            assert (gap.max() == 0) == copied
+            # AKI takes the added FFN units from another layer (the next one; the top layer's from the one
+            # below), so none of them starts as a copy of its source in its own layer, and none becomes one.
+            assert not copied and gap.min() > 1e-6
         else:
             assert copied and gap.min() > 1e-6 and gap.max() > 1e-4

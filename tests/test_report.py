@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from bench.report import PLOT_FILES, analyse, bootstrap_ci, build_report, crossing_position, value_at
+from bench.report import CI_METHOD, PLOT_FILES, analyse, build_report, crossing_position, t_interval, value_at
+from bench.report.statistics import t_quantile
+from bench.report.tables import format_markdown
 
 EVAL_STEPS = list(range(0, 101, 10))  # the budget is 100 steps; eval every 10, the first before training
 SCRATCH_FLOPS_PER_STEP = 1.2e11  # scratch spends 1.2e13 FLOPs at the budget
@@ -180,11 +182,15 @@ def test_cheaper_is_positive_dearer_is_negative_and_never_reaching_is_distinct(t
     assert table.at["ki", "savings_flops"] < -0.05  # reaches τ only after more FLOPs than scratch's whole budget
     assert table.at["ki", "n_reached"] == 3
     mslt = table.loc["mslt"]
-    assert not mslt["reached"] and mslt["n_reached"] == 0 and math.isnan(mslt["savings_flops"])
-    assert all(_row(report.runs, "mslt", seed)["reached"] is np.False_ or not _row(report.runs, "mslt", seed)["reached"]
-               for seed in (0, 1, 2))
+    assert not mslt["reached"] and mslt["n_reached"] == 0
+    # every seed censored at the budget: its own cost at the budget is scratch's, so the upper bound is 0
+    assert mslt["savings_flops"] == pytest.approx(0.0)
+    for seed in (0, 1, 2):
+        run = _row(report.runs, "mslt", seed)
+        assert not run["reached"] and run["censored"] and math.isnan(run["cost_to_target_flops"])
     mslt_line = next(line for line in report.text.splitlines() if line.startswith("mslt"))
-    assert "not reached" in mslt_line and "0.0%" not in mslt_line and "100" not in mslt_line
+    assert "not reached" in mslt_line and "0/3 reached" in mslt_line
+    assert "0.0%" not in mslt_line and "100" not in mslt_line
     # the target is scratch's mean final loss over seeds
     scratch_final = [curve_loss(3.0, 10.0, 3.0)(100, seed) for seed in (0, 1, 2)]
     assert report.target == pytest.approx(np.mean(scratch_final))
@@ -222,13 +228,66 @@ def test_method_intervals_cover_the_mean_and_only_runs_that_finished_count(tmp_p
     assert any("ligo-s2: diverged" in note for note in report.notes)
 
 
-def test_bootstrap_is_reproducible_and_needs_two_values():
+def test_t_quantiles_match_the_tables():
+    assert t_quantile(1) == pytest.approx(12.706, abs=1e-3)
+    assert t_quantile(2) == pytest.approx(4.303, abs=1e-3)
+    assert t_quantile(4) == pytest.approx(2.776, abs=1e-3)
+    assert t_quantile(30) == pytest.approx(2.042, abs=1e-3)
+    assert t_quantile(1000) == 1.96
+    with pytest.raises(ValueError):
+        t_quantile(0)
+
+
+def test_t_interval_is_mean_plus_minus_t_standard_errors_and_needs_two_values():
+    low, high = t_interval([1.0, 2.0, 3.0])  # mean 2, s 1, n 3: 2 ± 4.303/√3
+    assert (low, high) == pytest.approx((2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)), abs=1e-6)
     values = [0.41, 0.47, 0.44, 0.52]
-    assert bootstrap_ci(values) == bootstrap_ci(values)
-    low, high = bootstrap_ci(values)
-    assert min(values) <= low < np.mean(values) < high <= max(values)
-    assert bootstrap_ci(values, seed=1) != bootstrap_ci(values, seed=0)
-    assert all(math.isnan(bound) for bound in bootstrap_ci([0.4]))
+    low, high = t_interval(values)
+    assert low < np.mean(values) < high
+    assert (low + high) / 2 == pytest.approx(np.mean(values))
+    assert t_interval([0.4, math.nan, 0.5]) == t_interval([0.4, 0.5])  # a NaN is not a seed
+    assert all(math.isnan(bound) for bound in t_interval([0.4]))
+    assert all(math.isnan(bound) for bound in t_interval([]))
+
+
+def _seed_dependent(reaching_seeds: set[int]) -> Spec:
+    """Reaches τ (≈ 3.51) around step 43 on `reaching_seeds`; the others level off at 4.0, above τ."""
+    return Spec(lambda step, seed: (3.0 if seed in reaching_seeds else 4.0) + 5.0 * math.exp(-5.0 * step / 100))
+
+
+def test_censored_seeds_lower_the_mean_savings(tmp_path):
+    specs = {"scratch": default_specs()["scratch"], "mixed": _seed_dependent({0, 1})}
+    report = analyse(make_run_dir(tmp_path / "run", specs))
+    runs = report.runs[report.runs["method"] == "mixed"].set_index("seed")
+    assert list(runs["reached"]) == [True, True, False] and list(runs["censored"]) == [False, False, True]
+    scratch_budget = 100 * SCRATCH_FLOPS_PER_STEP
+    survivors = [1 - runs.at[seed, "cost_to_target_flops"] / scratch_budget for seed in (0, 1)]
+    censored = 1 - 100 * SCRATCH_FLOPS_PER_STEP / scratch_budget  # seed 2 at its own cost at the budget: 0
+    assert runs.at[2, "savings_flops"] == pytest.approx(censored)
+    mixed = report.table.set_index("method").loc["mixed"]
+    assert (mixed["n_done"], mixed["n_reached"], mixed["n_seeds"]) == (3, 2, 3) and mixed["reached"]
+    assert mixed["savings_flops"] == pytest.approx(np.mean([*survivors, censored]))
+    assert mixed["savings_flops"] < np.mean(survivors) - 0.1  # the survivor-only mean overstates it
+    assert (mixed["savings_flops_lo"], mixed["savings_flops_hi"]) == pytest.approx(
+        t_interval([*survivors, censored]))
+    assert mixed["ci_method"] == CI_METHOD and "t" in CI_METHOD and "censored" in CI_METHOD
+    line = next(line for line in report.text.splitlines() if line.startswith("mixed"))
+    assert "2/3 reached" in line and f"{100 * mixed['savings_flops']:.1f}%" in line
+    assert "mean over all seeds, censored at the budget [95% t-interval]" in report.text
+
+
+def test_fewer_than_half_the_seeds_reaching_is_not_reached(tmp_path):
+    specs = {"scratch": default_specs()["scratch"], "mixed": _seed_dependent({0})}
+    report = analyse(make_run_dir(tmp_path / "run", specs))
+    mixed = report.table.set_index("method").loc["mixed"]
+    assert (mixed["n_done"], mixed["n_reached"]) == (3, 1) and not mixed["reached"]
+    line = next(line for line in report.text.splitlines() if line.startswith("mixed"))
+    assert "1/3 reached" in line and "not reached" in line and "%" not in line
+    markdown = format_markdown(report)
+    savings_rows = [line for line in markdown.splitlines() if line.startswith("| mixed |")][:3]
+    assert len(savings_rows) == 3  # main table, sunk, charged
+    for row in savings_rows:
+        assert "1/3 reached" in row and "not reached" in row
 
 
 def test_method_name_with_a_variant_is_read_from_status(tmp_path):
@@ -254,7 +313,10 @@ def test_report_writes_tables_markdown_and_plots(tmp_path):
     run_dir = make_run_dir(tmp_path / "run", pair="bert-small:bert-base")
     report = build_report(run_dir)
     summary = pd.read_csv(run_dir / "summary.csv")
-    assert len(summary) == 4 * 3 and {"method", "seed", "savings_flops", "reached", "final_val_loss"} <= set(summary)
+    assert len(summary) == 4 * 3 and {"method", "seed", "savings_flops", "reached", "censored", "final_val_loss",
+                                      "cost_to_target_flops", "outside_plain_large"} <= set(summary)
+    assert summary.loc[summary["method"] == "mslt", "censored"].all()
+    assert not summary.loc[summary["method"] == "ligo", "censored"].any()
     parquet = pd.read_parquet(run_dir / "summary.parquet")
     assert parquet["savings_flops"].equals(report.runs["savings_flops"])
     for name in PLOT_FILES:
@@ -262,8 +324,11 @@ def test_report_writes_tables_markdown_and_plots(tmp_path):
     markdown = (run_dir / "report.md").read_text()
     for expected in ("bert-small:bert-base", "2026-11-01", "Synthetic CPU", "not reached", "parent (SMALL)",
                      "plots/savings.png", '"lr": 0.001', "parent charged", "cpu:tdp_estimate+ram:ram_heuristic",
-                     "cpu-core $0.0425/vCPU-hour"):
+                     "cpu-core $0.0425/vCPU-hour", "How to read", "censored", "95% Student-t",
+                     "n = 3 finished seed(s) per method", "fewer than 5 seeds", "outside plain LARGE",
+                     "3/3 reached", "0/3 reached"):
         assert expected in markdown, expected
+    assert "bootstrap" not in markdown
     assert "ligo" in report.text and "parent (SMALL)" in report.text
     assert set(report.files) >= {run_dir / "summary.csv", run_dir / "report.md"}
 
@@ -312,3 +377,52 @@ def test_bad_run_directories_are_bench_errors(tmp_path):
     pd.read_csv(curve).drop(columns=["val_loss"]).to_csv(curve, index=False)
     with pytest.raises(BenchError, match="lacks the column"):
         analyse(run_dir)
+
+
+# --------------------------------------------------------------------------- budget outside plain LARGE training
+
+
+def _column(markdown: str, method: str, header: str) -> str:
+    """The cell of `method` under `header` in report.md's main table."""
+    lines = markdown.split("## Main table", 1)[1].splitlines()
+    headers = next(line for line in lines if line.startswith("| method |")).strip("|").split("|")
+    row = next(line for line in lines if line.startswith(f"| {method} |")).strip("|").split("|")
+    return row[[cell.strip() for cell in headers].index(header)].strip()
+
+
+def _mark_plain_large(run_dir: Path, folder: str, flags: list[str]) -> None:
+    path = run_dir / "runs" / folder / "phases.csv"
+    phases = pd.read_csv(path)
+    phases["plain_large"] = flags
+    phases.to_csv(path, index=False)
+
+
+def test_share_outside_plain_large_comes_from_the_phase_flag(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run")
+    for seed in (0, 1, 2):
+        _mark_plain_large(run_dir, f"ligo-s{seed}", ["False", "true"])  # operator 10 steps, then 90 plain steps
+        _mark_plain_large(run_dir, f"scratch-s{seed}", ["True"])
+        _mark_plain_large(run_dir, f"mslt-s{seed}", ["0", "1"])  # 50 shallow steps, 50 joint
+    _mark_plain_large(run_dir, "ki-s0", ["False"])  # ki-s1, ki-s2 are older records without the flag
+    report = analyse(run_dir)
+    table = report.table.set_index("method")
+    assert _row(report.runs, "ligo", 0)["outside_plain_large"] == pytest.approx(0.1)
+    assert table.at["ligo", "outside_plain_large"] == pytest.approx(0.1)
+    assert table.at["scratch", "outside_plain_large"] == 0.0
+    assert table.at["mslt", "outside_plain_large"] == pytest.approx(0.5)
+    assert _row(report.runs, "ki", 0)["outside_plain_large"] == 1.0
+    assert math.isnan(table.at["ki", "outside_plain_large"])  # not a mean of the one seed that says
+    markdown = format_markdown(report)
+    assert _column(markdown, "ligo", "outside plain LARGE") == "10.0%"
+    assert _column(markdown, "scratch", "outside plain LARGE") == "0.0%"
+    assert _column(markdown, "ki", "outside plain LARGE") == "n/a"
+    assert "operator fitting" in markdown and "teacher forward passes" in markdown
+
+
+def test_share_outside_plain_large_is_na_for_records_without_the_flag(tmp_path):
+    report = analyse(make_run_dir(tmp_path / "run"))
+    assert report.runs["outside_plain_large"].isna().all()
+    assert report.table["outside_plain_large"].isna().all()
+    markdown = format_markdown(report)
+    for method in ("scratch", "ligo", "ki", "mslt"):
+        assert _column(markdown, method, "outside plain LARGE") == "n/a"

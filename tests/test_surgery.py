@@ -220,14 +220,14 @@ def test_stacking_copies_layer_l_to_l_plus_small_depth(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_aki_takes_the_added_units_from_the_next_layer(family):
+def test_aki_takes_the_added_units_from_the_next_layer_and_the_top_from_below(family):
     parent = trained_parent(family, layers=3)
     aki = grow(parent, shape(family, 3, 128, 4, 512).build(VOCAB, SEQ, 0), width="aki", seed=1)
     fpi = grow(parent, shape(family, 3, 128, 4, 512).build(VOCAB, SEQ, 0), width="fpi", seed=1)
     ffn = aki.maps.ffn
     fc1 = (lambda model, layer: layer_list(model)[layer].mlp.c_fc.weight.T) if family == "gpt2" else (
         lambda model, layer: layer_list(model)[layer].intermediate.dense.weight)
-    for layer, following in [(0, 1), (1, 2), (2, 2)]:  # the top layer uses itself
+    for layer, following in [(0, 1), (1, 2), (2, 1)]:  # the top layer takes them from the layer below
         assert torch.equal(fc1(aki.model, layer)[~ffn.new], fc1(fpi.model, layer)[~ffn.new])
         assert torch.equal(fc1(aki.model, layer)[ffn.new], fc1(fpi.model, following)[ffn.new])
     parent_loss, aki_loss = losses(parent, aki.model, batch_of(family))

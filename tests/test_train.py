@@ -1,11 +1,13 @@
 """The loop on a tiny model with synthetic batches: budget, schedule, cadence, data order."""
 
 import math
+import time
 
 import pytest
 import torch
 
-from bench.collectors import CollectorSet
+from bench.collectors import CollectorSet, RunInfo
+from bench.collectors.clock import ClockCollector
 from bench.errors import BenchError
 from bench.objective import lm_loss
 from bench.phases import Phase
@@ -122,3 +124,34 @@ def test_a_nan_loss_ends_the_run_as_diverged():
 
     result = run([Phase("train", net, loss=exploding)], Budget("tokens", 10 * BATCH * SEQ))
     assert result.diverged and "nan" in result.diverged
+
+
+def test_phase_rows_say_which_phases_are_plain_large_training():
+    large = model("bert-micro")
+    teacher = model("bert-nano")
+    first_layer = list(large.bert.encoder.layer[0].parameters())
+    phases = [
+        Phase("partial", large, trainable=first_layer, share=0.2),
+        Phase("taught", large, share=0.2, extra_forward=[teacher],
+              loss=lambda batch, step, progress: lm_loss(large, batch) + 0 * lm_loss(teacher, batch)),
+        Phase("shallow", model("bert-nano"), share=0.2),
+        Phase("train", large),
+    ]
+    rows = {row["phase"]: row for row in run(phases, Budget("tokens", 20 * BATCH * SEQ)).phases}
+    assert {name: row["plain_large"] for name, row in rows.items()} == {
+        "partial": False, "taught": False, "shallow": False, "train": True}
+    assert rows["taught"]["extra_forwards"] == 1 and rows["train"]["extra_forwards"] == 0
+    assert rows["partial"]["trainable_parameters"] == sum(p.numel() for p in first_layer)
+    assert rows["train"]["trainable_parameters"] == rows["train"]["parameters"] == sum(
+        p.numel() for p in large.parameters())
+
+
+def test_building_a_phase_is_timed_as_that_phase_s_overhead():
+    def phases():
+        time.sleep(0.3)  # growth surgery
+        yield Phase("train", model())
+
+    collectors = CollectorSet([ClockCollector(RunInfo(torch.device("cpu"), None))])
+    result = train_phases(phases(), Budget("tokens", 4 * BATCH * SEQ), source(), LoopConfig(progress_bar=False),
+                          collectors)
+    assert result.phases[0]["overhead_s"] >= 0.3

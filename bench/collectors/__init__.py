@@ -1,7 +1,7 @@
 """Cost collectors: context-managed observers of phases, registered by name.
 
 A collector knows no method. The loop tells it when a phase starts (it may look at the phase's
-modules and an example batch), wraps every stretch of work in `window(kind)`, asks for cumulative
+modules, an example batch and the number of steps the phase will take), wraps every stretch of work in `window(kind)`, asks for cumulative
 figures at each eval point (`snapshot`) and for the phase's bill when it ends (`end_phase`).
 `row` holds the columns earlier collectors (in registry order) already produced, so a collector
 can derive from them (dollars from device-hours and kWh). A collector that cannot measure says so
@@ -43,7 +43,7 @@ class Collector:
     def __init__(self, run: RunInfo):
         self.run = run
 
-    def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor]) -> None:
+    def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor], steps: int = 1) -> None:
         pass
 
     @contextlib.contextmanager
@@ -82,9 +82,9 @@ class CollectorSet:
     def __init__(self, collectors: list[Collector]):
         self.collectors = collectors
 
-    def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor]) -> None:
+    def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor], steps: int = 1) -> None:
         for collector in self.collectors:
-            collector.start_phase(phase, batch)
+            collector.start_phase(phase, batch, steps)
 
     @contextlib.contextmanager
     def window(self, kind: str) -> Iterator[None]:

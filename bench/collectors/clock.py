@@ -1,11 +1,14 @@
 """Wall-clock time by window kind, device-hours, and a reproducible reference time per phase.
 
 `train_s` is what training steps took (the GPU synchronised at every window edge); `eval_s` and
-`overhead_s` (phase set-up, growth surgery, checkpoint I/O, FLOP counting, this calibration) are logged
-apart and not charged. `reference_s` is steps x a step time measured once per phase in a calibration
-pass (No Train No Gain's "reference system time"): stable from run to run where wall time is not.
-The calibrated step is forward + backward without the optimizer update, since calibrating must not
-change the weights.
+`overhead_s` (building the phase — growth surgery, LiGO's materialisation —, phase set-up, checkpoint
+I/O, FLOP counting, this calibration) are logged apart and not charged; a phase's overhead includes the
+work that built it, since a phase's clock starts when the previous phase ends. `reference_s` is the
+phase's steps x a step time measured once per phase in a calibration pass (No Train No Gain's
+"reference system time"): stable from run to run where wall time is not. A phase whose steps vary
+(bert2BERT's sampled sub-models) is calibrated once per variant and charged each step its own variant's
+time. The calibrated step is forward + backward without the optimizer update, since calibrating must
+not change the weights.
 """
 
 from __future__ import annotations
@@ -23,16 +26,16 @@ from bench.hardware import rng_preserved, synchronize
 from bench.phases import Phase
 
 
-def median_step_seconds(phase: Phase, batch: dict[str, torch.Tensor], repeats: int = 3) -> float:
-    """Median wall time of `repeats` forward + backward passes of `phase` after one warm-up pass.
-    Gradients are dropped and the RNG restored, so training is unaffected."""
+def median_step_seconds(phase: Phase, batch: dict[str, torch.Tensor], repeats: int = 3, step: int = 0) -> float:
+    """Median wall time of `repeats` forward + backward passes of `phase` (as its local step `step`)
+    after one warm-up pass. Gradients are dropped and the RNG restored, so training is unaffected."""
     device = batch["input_ids"].device
     times = []
     with rng_preserved(device):
         for attempt in range(repeats + 1):
             synchronize(device)
             start = time.perf_counter()
-            phase.forward_backward(batch, 0, 0.0)
+            phase.forward_backward(batch, step, 0.0)
             phase.zero_grad()
             synchronize(device)
             if attempt:  # the first pass warms caches and allocators up
@@ -54,8 +57,8 @@ class ClockCollector(Collector):
         super().__init__(run)
         self._started = time.perf_counter()
         self._total = dict.fromkeys(WINDOW_KINDS, 0.0)
-        self._phase = dict.fromkeys(WINDOW_KINDS, 0.0)
-        self._step_seconds = 0.0
+        self._phase = dict.fromkeys(WINDOW_KINDS, 0.0)  # reset when a phase ends, so building the next counts
+        self._reference_by_step = [0.0]  # reference seconds of the phase's first n steps, n = 0, 1, ...
         self._reference_done = 0.0  # reference seconds of finished phases
         self._steps_done = 0  # optimizer steps of finished phases
         if run.device.type == "cuda":
@@ -63,9 +66,21 @@ class ClockCollector(Collector):
         else:
             self._device_kind, self._devices = "cpu-core-hours", torch.get_num_threads()
 
-    def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor]) -> None:
-        self._phase = dict.fromkeys(WINDOW_KINDS, 0.0)
-        self._step_seconds = median_step_seconds(phase, batch) * self.run.accumulation
+    def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor], steps: int = 1) -> None:
+        seconds_of_step = {}
+        for run in phase.steps_by_variant(max(steps, 1)).values():
+            seconds = median_step_seconds(phase, batch, step=run[0]) * self.run.accumulation
+            seconds_of_step |= dict.fromkeys(run, seconds)
+        self._reference_by_step = [0.0]
+        for step in range(len(seconds_of_step)):
+            self._reference_by_step.append(self._reference_by_step[-1] + seconds_of_step[step])
+
+    def _reference(self, steps: int) -> float:
+        """Reference seconds of the phase's first `steps` steps (steps past the plan at the last step's time)."""
+        table = self._reference_by_step
+        if steps < len(table):
+            return table[steps]
+        return table[-1] + (steps - len(table) + 1) * (table[-1] - table[-2])
 
     @contextlib.contextmanager
     def window(self, kind: str) -> Iterator[None]:
@@ -84,7 +99,7 @@ class ClockCollector(Collector):
 
     def snapshot(self, row: dict[str, Any]) -> dict[str, Any]:
         """`row["step"]` counts optimizer steps since the run started."""
-        reference = self._reference_done + (row["step"] - self._steps_done) * self._step_seconds
+        reference = self._reference_done + self._reference(row["step"] - self._steps_done)
         return {
             "train_s": self._total["train"],
             "eval_s": self._total["eval"],
@@ -96,16 +111,18 @@ class ClockCollector(Collector):
         }
 
     def end_phase(self, steps: int, row: dict[str, Any]) -> dict[str, Any]:
-        reference = steps * self._step_seconds
+        reference = self._reference(steps)
         self._reference_done += reference
         self._steps_done += steps
-        return {
+        row = {
             "train_s": self._phase["train"],
             "eval_s": self._phase["eval"],
             "overhead_s": self._phase["overhead"],
             "reference_s": reference,
-            "reference_step_s": self._step_seconds,
+            "reference_step_s": reference / steps if steps else self._reference(1),  # the mean over variants
             "device_hours": self._device_hours(self._phase["train"]),
             "device_kind": self._device_kind,
             "devices": self._devices,
         }
+        self._phase = dict.fromkeys(WINDOW_KINDS, 0.0)
+        return row

@@ -159,7 +159,7 @@ class EnergyCollector(Collector):
             self._tracker = None
             self._codecarbon_failed(error)
 
-    def start_phase(self, phase: Phase, batch: dict) -> None:
+    def start_phase(self, phase: Phase, batch: dict, steps: int = 1) -> None:
         for component in self.components.values():
             component.phase_kwh = dict.fromkeys(WINDOW_KINDS, 0.0)
             component.failed_this_phase = False

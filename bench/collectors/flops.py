@@ -426,7 +426,7 @@ class FlopsCollector(Collector):
             self._fvcore_cache[key] = fvcore_step(self._phase, self._batch, step)
         return self._fvcore_cache[key]
 
-    def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor]) -> None:
+    def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor], steps: int = 1) -> None:
         self._phase, self._batch = phase, batch
         if not isinstance(phase.model, PreTrainedModel):
             # e.g. LiGO's operator: the trained weights live outside the traced modules, so a
@@ -451,14 +451,9 @@ class FlopsCollector(Collector):
     def end_phase(self, steps: int, row: dict[str, Any]) -> dict[str, Any]:
         if self._fvcore_note.startswith("unavailable"):
             fvcore = None
-        elif self._phase.variant is None:
-            fvcore = self._fvcore(0).training_flops * steps * self.run.accumulation
         else:
-            steps_of: dict[Hashable, list[int]] = {}
-            for step in range(steps):
-                steps_of.setdefault(self._phase.variant(step), []).append(step)
             fvcore = self.run.accumulation * sum(len(run) * self._fvcore(run[0]).training_flops
-                                                 for run in steps_of.values())
+                                                 for run in self._phase.steps_by_variant(steps).values())
         return {
             "flops_fvcore": fvcore,
             "flops_fvcore_note": self._fvcore_note,

@@ -1,6 +1,7 @@
 """bert2BERT (Chen et al., ACL 2022): AKI width growth, stacked depth, two-stage training.
 
-Width: the added units of layer l take their weights from layer l+1 (AKI; the top layer uses itself),
+Width: the added units of layer l take their weights from layer l+1 (AKI; the top layer from l−1, since
+its own weights would make exact copies that never diverge),
 inputs normalised 1/count as FPI. `bert2bert:fpi` uses the paper's exact FPI instead, which keeps its
 copies identical under training (the symmetry problem, kept on purpose to show it).
 Stage 1 (default 10% of the budget): each step runs a sub-model made of the embeddings, the bottom

@@ -16,7 +16,8 @@ reader computes is unchanged and the grown model computes the parent's function.
 Shares are either the exact 1/count split ("fpi", bert2BERT's FPI) or an uneven α / 1−α split
 ("split", as LEMON): exact copies read by equal weights get equal gradients and never diverge, so the
 uneven split is what lets the copies become different units. "aki" is bert2BERT's AKI: FPI shares, but
-the new output units of layer l take their weights from layer l+1 (the top layer uses itself).
+the new output units of layer l take their weights from layer l+1; the top layer, which has no l+1, takes
+them from l−1 (taking them from itself would leave exact FPI copies that never diverge).
 
 Tied embeddings (pitfall 3): the word embedding is both the input table (a producer: copied as is) and
 the output projection (a reader: it would need the share). With a tied head the LayerNorm that feeds
@@ -282,6 +283,11 @@ def _expand(tensor: torch.Tensor, axes, spaces: dict[str, UnitMap]) -> torch.Ten
     return tensor
 
 
+def _aki_source_layer(layer: int, n_layers: int) -> int:
+    """The layer AKI takes layer `layer`'s added units from: the next one; for the top layer the one below."""
+    return layer + 1 if layer + 1 < n_layers else layer - 1
+
+
 def _from_next_layer(own: torch.Tensor, following: torch.Tensor, axes, spaces: dict[str, UnitMap]) -> torch.Tensor:
     """AKI: along the axis that produces units, the added units take the following layer's values."""
     (dim, axis), = [(d, a) for d, a in enumerate(axes) if a is not None and not a.reads]
@@ -303,8 +309,8 @@ def widen_weights(
         axes = axes_of(name, model_family, tied)
         grown = _expand(tensor, axes, spaces)
         layer = _layer_of(name)
-        if aki and layer is not None:
-            following = _expand(source[_with_layer(name, min(layer + 1, n_layers - 1))], axes, spaces)
+        if aki and layer is not None and n_layers > 1:
+            following = _expand(source[_with_layer(name, _aki_source_layer(layer, n_layers))], axes, spaces)
             grown = _from_next_layer(grown, following, axes, spaces)
         widened[name] = grown
     return widened

@@ -1,15 +1,9 @@
-"""The data every run trains and evaluates on: corpus, tokenizer, cached token ids, batches.
-
-The built-in corpus is the English prose in the docstrings of the Python standard library and of the
-packages growbench installs, so a benchmark runs offline with nothing to download. Everything costly
-(extraction, tokenizer training, tokenization) happens once and is cached under `cache_root()`.
-Every batch is a pure function of (seed, step), so all methods and seeds see the same data order.
-"""
+"""The corpus: the built-in docstring prose, text files or Hugging Face datasets, split into training and
+validation text and cached under `cache_root()`, where everything costly of the data pipeline is kept."""
 
 from __future__ import annotations
 
 import ast
-import functools
 import glob
 import hashlib
 import importlib.metadata
@@ -20,21 +14,13 @@ import multiprocessing
 import os
 import platform
 import re
-import shutil
 import sysconfig
-import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
 from bench.errors import BenchError
-from bench.objective import IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +28,6 @@ log = logging.getLogger(__name__)
 CORPUS_FORMAT = 1
 VALIDATION_FRACTION = 0.03  # of files (or of paragraphs, for a single file) held out for validation
 MIN_WORDS = 6  # a shorter docstring paragraph is a heading or a fragment, not prose
-VALIDATION_SEED = 0  # the validation masks are the same for every run
 
 
 def cache_root() -> Path:
@@ -68,8 +53,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-# ----------------------------------------------------------------------------------------------
-# Corpus
+
 
 
 @dataclass(frozen=True)
@@ -382,23 +366,7 @@ def _hub_units(sources: list[str]) -> tuple[list[SourceUnit], dict]:
     return units, {"datasets": datasets.__version__}
 
 
-# ----------------------------------------------------------------------------------------------
-# Tokenizer
-
-# Special tokens in id order. RoBERTa's order puts <pad> at 1, which `Size.config` expects.
-_SPECIAL_TOKENS = {
-    "wordpiece": ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
-    "bpe": ("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
-}
-_SPECIAL_ROLES = {
-    "wordpiece": {
-        "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
-    },
-    "bpe": {
-        "bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "mask_token": "<mask>",
-        "cls_token": "<s>", "sep_token": "</s>",
-    },
-}
+# --- reading a corpus file back ---------------------------------------------------------------
 
 
 def _paragraphs(path: Path) -> Iterator[str]:
@@ -413,250 +381,3 @@ def _paragraphs(path: Path) -> Iterator[str]:
                 lines = []
         if lines:
             yield "\n".join(lines)
-
-
-def _train_tokenizer(train_path: Path, kind: str, vocab_size: int) -> Tokenizer:
-    """WordPiece with BERT's normalisation (lower case), or byte-level BPE as in RoBERTa and GPT-2."""
-    special = list(_SPECIAL_TOKENS[kind])
-    if kind == "wordpiece":
-        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tokenizer.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False)
-    else:
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=special, show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        )
-    tokenizer.train_from_iterator(_paragraphs(train_path), trainer=trainer)
-    start, end = (special[2], special[3]) if kind == "wordpiece" else (special[0], special[2])
-    processor = processors.BertProcessing if kind == "wordpiece" else processors.RobertaProcessing
-    tokenizer.post_processor = processor((end, tokenizer.token_to_id(end)), (start, tokenizer.token_to_id(start)))
-    return tokenizer
-
-
-def load_tokenizer(
-    corpus: Corpus, kind: str, vocab_size: int, tokenizer_dir: str | None = None, cache_dir: Path | None = None
-) -> PreTrainedTokenizerFast:
-    """A saved Hugging Face tokenizer from `tokenizer_dir`, else one trained on the training split, cached
-    by (corpus, kind, vocab_size). A small corpus can give fewer than `vocab_size` tokens: use len()."""
-    if tokenizer_dir is not None:
-        if not Path(tokenizer_dir).is_dir():
-            raise BenchError(f"tokenizer folder {tokenizer_dir} does not exist")
-        try:
-            return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        except (OSError, ValueError) as error:
-            raise BenchError(f"cannot load a tokenizer from {tokenizer_dir}: {str(error).splitlines()[0]}") from None
-    if kind not in _SPECIAL_TOKENS:
-        raise ValueError(f"tokenizer kind must be one of {list(_SPECIAL_TOKENS)}, got {kind!r}")
-    cache_dir = cache_dir or cache_root()
-    directory = cache_dir / "tokenizers" / f"{kind}-{vocab_size}-{corpus.fingerprint['sha256'][:16]}"
-    if not (directory / "tokenizer.json").exists():
-        log.info("training a %s tokenizer of %d tokens on %s", kind, vocab_size, corpus.train_path)
-        trained = PreTrainedTokenizerFast(
-            tokenizer_object=_train_tokenizer(corpus.train_path, kind, vocab_size), **_SPECIAL_ROLES[kind]
-        )
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
-        trained.save_pretrained(temporary)
-        try:
-            os.replace(temporary, directory)
-        except OSError:  # another process saved it first
-            shutil.rmtree(temporary)
-    return PreTrainedTokenizerFast.from_pretrained(directory)
-
-
-# ----------------------------------------------------------------------------------------------
-# Token ids
-
-
-@dataclass(frozen=True)
-class TokenizedCorpus:
-    train: np.ndarray  # 1-D memory-mapped int32 ids, every document followed by the separator
-    val: np.ndarray
-    tokenizer: PreTrainedTokenizerFast
-    fingerprint: str  # hash of (corpus sha256, tokenizer): a cache key for anything derived from the ids
-
-
-def _separator_id(tokenizer: PreTrainedTokenizerFast) -> int:
-    """The token that ends every document: eos (</s>, GPT-2's <|endoftext|>), else [SEP] (BERT)."""
-    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    if separator is None:
-        raise BenchError("the tokenizer has neither an eos nor a sep token to separate documents with")
-    return separator
-
-
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
-    """Hash of what decides the ids (vocabulary, merges, normalisation), not of runtime padding settings."""
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    state.pop("truncation", None)
-    state.pop("padding", None)
-    return _sha256(json.dumps(state, sort_keys=True), str(_separator_id(tokenizer)))
-
-
-def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _encode_to_npy(text_path: Path, tokenizer: PreTrainedTokenizerFast, target: Path) -> None:
-    """Encode a corpus file in parallel batches (Rust) into one int32 array, written atomically."""
-    separator = _separator_id(tokenizer)
-    chunks = []
-    for paragraphs in _batched(_paragraphs(text_path), 4096):
-        ids: list[int] = []
-        for encoding in tokenizer.backend_tokenizer.encode_batch_fast(paragraphs, add_special_tokens=False):
-            ids += encoding.ids
-            ids.append(separator)
-        chunks.append(np.array(ids, dtype=np.int32))
-    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with temporary.open("wb") as file:
-        np.save(file, tokens)
-    os.replace(temporary, target)
-
-
-def tokenize_corpus(corpus: Corpus, tokenizer: PreTrainedTokenizerFast, cache_dir: Path | None = None) -> TokenizedCorpus:
-    """Token ids of both splits, encoded once into cached .npy files and opened memory-mapped."""
-    fingerprint = _sha256(str(CORPUS_FORMAT), corpus.fingerprint["sha256"], tokenizer_fingerprint(tokenizer))
-    directory = (cache_dir or cache_root()) / "tokens" / fingerprint[:16]
-    arrays = {}
-    for split, text_path in (("train", corpus.train_path), ("validation", corpus.val_path)):
-        target = directory / f"{split}.npy"
-        if not target.exists():
-            _encode_to_npy(text_path, tokenizer, target)
-        arrays[split] = np.load(target, mmap_mode="r")
-    return TokenizedCorpus(arrays["train"], arrays["validation"], tokenizer, fingerprint)
-
-
-# ----------------------------------------------------------------------------------------------
-# Batches
-
-
-def mask_tokens(
-    input_ids: torch.Tensor, tokenizer: PreTrainedTokenizerFast, generator: torch.Generator, mlm_probability: float = 0.15
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's masking: pick `mlm_probability` of the non-special positions; of those 80% become the mask
-    token, 10% a random non-special token, 10% stay. Labels are the original ids there, -100 elsewhere.
-    The random draws have fixed shapes, so the result depends only on the ids and the generator's state."""
-    vocab_size = len(tokenizer)
-    is_special = torch.zeros(vocab_size, dtype=torch.bool)
-    is_special[sorted(tokenizer.all_special_ids)] = True
-    ordinary_ids = torch.nonzero(~is_special).squeeze(1)
-    chosen = (torch.rand(input_ids.shape, generator=generator) < mlm_probability) & ~is_special[input_ids]
-    action = torch.rand(input_ids.shape, generator=generator)
-    random_ids = ordinary_ids[torch.randint(len(ordinary_ids), input_ids.shape, generator=generator)]
-    masked = torch.where(chosen & (action < 0.8), tokenizer.mask_token_id, input_ids)
-    masked = torch.where(chosen & (action >= 0.9), random_ids, masked)
-    labels = torch.where(chosen, input_ids, IGNORE)
-    return masked, labels
-
-
-@dataclass(frozen=True)
-class _Framing:
-    """How blocks of the token stream become model inputs: [CLS] block [SEP] (<s> block </s>) for MLM,
-    the bare block for causal LM."""
-
-    tokenizer: PreTrainedTokenizerFast
-    objective: str
-    seq_len: int
-
-    def __post_init__(self):
-        if self.objective not in ("mlm", "causal"):
-            raise ValueError(f"objective must be 'mlm' or 'causal', got {self.objective!r}")
-        if self.seq_len < (3 if self.objective == "mlm" else 2):
-            raise BenchError(f"sequence length {self.seq_len} is too short")
-        if self.objective == "mlm" and None in (self.tokenizer.mask_token_id, self._start_id, self._end_id):
-            raise BenchError("masked-LM needs a tokenizer with mask, cls/bos and sep/eos tokens")
-
-    @property
-    def _start_id(self) -> int | None:
-        tokenizer = self.tokenizer
-        return tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-
-    @property
-    def _end_id(self) -> int | None:
-        tokenizer = self.tokenizer
-        return tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-
-    @property
-    def block_len(self) -> int:
-        """Stream tokens per sequence."""
-        return self.seq_len - 2 if self.objective == "mlm" else self.seq_len
-
-    def block_count(self, tokens: np.ndarray) -> int:
-        return len(tokens) // self.block_len
-
-    def batch(self, tokens: np.ndarray, block_indices: Iterable[int], generator: torch.Generator):
-        length = self.block_len
-        rows = np.stack([tokens[index * length:(index + 1) * length] for index in block_indices])
-        input_ids = torch.from_numpy(rows.astype(np.int64))
-        if self.objective == "causal":
-            return {"input_ids": input_ids, "labels": input_ids.clone()}
-        column = torch.ones(len(input_ids), 1, dtype=torch.long)
-        input_ids = torch.cat([column * self._start_id, input_ids, column * self._end_id], dim=1)
-        input_ids, labels = mask_tokens(input_ids, self.tokenizer, generator)
-        return {"input_ids": input_ids, "labels": labels}
-
-
-def _seed(*entropy: int) -> int:
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(seed: int, epoch: int, block_count: int) -> np.ndarray:
-    """The order of the blocks in one epoch: a fresh permutation per (seed, epoch)."""
-    return np.random.default_rng(_seed(seed, 0, epoch)).permutation(block_count)
-
-
-class BatchStream:
-    """Training batches of `batch_size` blocks of `seq_len` tokens, a pure function of (seed, step).
-
-    Batch s takes positions s*B .. s*B+B-1 of an endless sequence of epochs, each epoch a permutation
-    of the non-overlapping blocks seeded by (seed, epoch); its masks come from a generator seeded by
-    (seed, step). Nothing depends on which batches were asked for before."""
-
-    def __init__(self, tokens: np.ndarray, tokenizer, objective: str, seq_len: int, batch_size: int, seed: int):
-        self.tokens = tokens
-        self.framing = _Framing(tokenizer, objective, seq_len)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.block_count = self.framing.block_count(tokens)
-        if self.block_count == 0:
-            raise BenchError(f"the training text has {len(tokens)} tokens, less than one sequence of {seq_len}")
-
-    def block_indices(self, step: int) -> np.ndarray:
-        positions = step * self.batch_size + np.arange(self.batch_size)
-        epochs, offsets = np.divmod(positions, self.block_count)
-        return np.array([_epoch_order(self.seed, e, self.block_count)[o] for e, o in zip(epochs, offsets)])
-
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
-        generator = torch.Generator().manual_seed(_seed(self.seed, 1, step))
-        return self.framing.batch(self.tokens, self.block_indices(step), generator)
-
-
-def validation_batches(
-    tokenized: TokenizedCorpus, objective: str, seq_len: int, batch_size: int, n_blocks: int = 256
-) -> list[dict[str, torch.Tensor]]:
-    """The fixed evaluation set: the first `n_blocks` blocks of the validation split (fewer if it is
-    shorter), masked with a fixed generator, whatever the run's seed."""
-    framing = _Framing(tokenized.tokenizer, objective, seq_len)
-    count = min(n_blocks, framing.block_count(tokenized.val))
-    if count == 0:
-        raise BenchError(f"the validation text has {len(tokenized.val)} tokens, less than one sequence of {seq_len}")
-    batch = framing.batch(tokenized.val, range(count), torch.Generator().manual_seed(VALIDATION_SEED))
-    return [
-        {name: tensor[start:start + batch_size] for name, tensor in batch.items()}
-        for start in range(0, count, batch_size)
-    ]

@@ -1,0 +1,233 @@
+"""Crossing point, per-run summary and per-method aggregation with intervals.
+
+Survivor bias is not allowed (accounting.md, "Savings and statistics"): every finished seed counts. A seed that
+never reaches τ is *censored* at the budget: its cost is taken as its own total at the budget, a lower bound on
+what reaching τ would cost, so its savings value is an upper bound (≈ 0 for FLOPs, since every run spends the
+budget). Intervals are Student-t intervals on the mean over seeds: a percentile bootstrap of 3 values is far
+too narrow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.report.read import COSTS, COUNTED_STATE, PHASE_COLUMNS, REFERENCE_METHOD, TOTALS, RunData, RunRecord
+
+CI_METHOD = "t (censored seeds at the budget)"
+"""How Report.table's intervals are made (its `ci_method` column); `n_seeds` says over how many seeds."""
+
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+"""Student-t 0.975 quantiles for 1..30 degrees of freedom (standard tables); beyond 30 the normal 1.96."""
+
+
+# --------------------------------------------------------------------------- crossing point and intervals
+
+
+def crossing_position(val_loss: Sequence[float], target: float) -> float | None:
+    """Fractional eval-point index where the loss first reaches `target` (≤), or None if it never does.
+
+    Between the last point above τ and the first at or below it the loss is taken as linear. The
+    losses are the scored eval points only (the caller drops rows without a validation loss)."""
+    losses = np.asarray(val_loss, dtype=float)
+    hits = np.flatnonzero(losses <= target)
+    if len(hits) == 0:
+        return None
+    first = int(hits[0])
+    if first == 0:
+        return 0.0
+    above = losses[first - 1]
+    return first - 1 + (above - target) / (above - losses[first])
+
+
+def value_at(values: Sequence[float], position: float) -> float:
+    """Linear interpolation of `values` at a fractional index (NaN when a bracketing value is NaN)."""
+    values = np.asarray(values, dtype=float)
+    below = math.floor(position)
+    if below == position:
+        return float(values[below])
+    fraction = position - below
+    return float(values[below] + fraction * (values[below + 1] - values[below]))
+
+
+def t_quantile(df: int) -> float:
+    """The 0.975 quantile of Student's t with `df` degrees of freedom (two-sided 95%)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, not {df}")
+    return T_975[df - 1] if df <= len(T_975) else 1.96
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float]:
+    """95% interval of the mean: mean ± t(0.975, n−1)·s/√n over the non-NaN values; (NaN, NaN) when n < 2."""
+    data = np.asarray(values, dtype=float)
+    data = data[~np.isnan(data)]
+    if len(data) < 2:
+        return math.nan, math.nan
+    half = t_quantile(len(data) - 1) * float(np.std(data, ddof=1)) / math.sqrt(len(data))
+    return float(data.mean()) - half, float(data.mean()) + half
+
+
+def mean_of(values: Sequence[float]) -> float:
+    data = np.asarray(values, dtype=float)
+    data = data[~np.isnan(data)]
+    return float(data.mean()) if len(data) else math.nan
+
+
+# --------------------------------------------------------------------------- per-run and per-method tables
+
+
+def _phase_sum(phases: pd.DataFrame | None, column: str) -> float:
+    """A phases.csv column summed, or NaN when absent or not measured in every phase."""
+    if phases is None or column not in phases.columns or phases[column].isna().any():
+        return math.nan
+    return float(phases[column].sum())
+
+
+def _totals(record: RunRecord) -> dict[str, float]:
+    """Final cumulative cost per kind: the curve's last row, else the phases' sum."""
+    totals = {}
+    for key in TOTALS:
+        value = math.nan
+        if record.curve is not None and key in record.curve.columns and len(record.curve):
+            value = float(record.curve[key].iloc[-1])
+        totals[key] = value if not math.isnan(value) else _phase_sum(record.phases, PHASE_COLUMNS[key])
+    return totals
+
+
+def _energy_method(record: RunRecord) -> str:
+    if record.phases is None or "energy_method" not in record.phases.columns:
+        return "n/a"
+    modes = record.phases["energy_method"].dropna().astype(str).unique()
+    return "+".join(modes) if len(modes) else "n/a"
+
+
+def parent_cost_of(data: RunData) -> tuple[dict[str, float], str]:
+    """The parent's total cost per kind and where it came from."""
+    if data.parent is not None:
+        return _totals(data.parent), f"{data.path / 'parent'}"
+    known = data.manifest.get("parent")
+    if isinstance(known, dict):
+        costs = known.get("cost", known)
+        if isinstance(costs, dict) and any(isinstance(costs.get(key), (int, float)) for key in TOTALS):
+            return {key: float(costs[key]) if isinstance(costs.get(key), (int, float)) else math.nan
+                    for key in TOTALS}, "manifest"
+    return {key: math.nan for key in TOTALS}, "unknown"
+
+
+def needs_parent_flag(manifest: dict, method: str) -> bool | None:
+    """manifest["methods"][method]["needs_parent"], or None when the manifest does not say."""
+    flag = (manifest["methods"].get(method) or {}).get("needs_parent")
+    return flag if isinstance(flag, bool) else None
+
+
+def outside_plain_share(phases: pd.DataFrame | None) -> float:
+    """Share of a run's executed FLOPs spent outside plain LARGE training: 1 − Σ flops_executed of the phases
+    with `plain_large` / Σ flops_executed of all phases. NaN when phases.csv lacks the flag (older runs) or a
+    value, so that an unknown share is never shown as 0."""
+    if phases is None or not {"plain_large", "flops_executed"} <= set(phases.columns):
+        return math.nan
+    flops, plain = phases["flops_executed"], phases["plain_large"]
+    if flops.isna().any() or plain.isna().any() or not flops.sum() > 0:
+        return math.nan
+    return 1 - float(flops[plain.astype(bool)].sum()) / float(flops.sum())
+
+
+def summarise_runs(data: RunData, target: float, uses_parent: dict[str, bool],
+                   parent_cost: dict[str, float]) -> pd.DataFrame:
+    """One row per (method, seed): state, final loss, reached / censored, cost to target, savings sunk and
+    charged (a censored run's at its own total cost at the budget), totals, share outside plain LARGE."""
+    scratch = [_totals(record) for record in data.runs if record.method == REFERENCE_METHOD and record.counted]
+    scratch_budget = {key: mean_of([totals[key] for totals in scratch]) for key in COSTS}
+    rows = []
+    order = list(uses_parent)
+    for record in sorted(data.runs, key=lambda record: (order.index(record.method), record.seed or 0)):
+        totals = _totals(record)
+        row = {"method": record.method, "seed": record.seed, "state": record.state, "reason": record.reason,
+               "folder": record.folder, "needs_parent": uses_parent[record.method],
+               "final_val_loss": record.final_val_loss if record.counted else math.nan,
+               "perplexity": float(np.exp(record.final_val_loss)) if record.counted else math.nan,
+               "reached": pd.NA, "censored": pd.NA if record.counted else False,
+               "energy_method": _energy_method(record),
+               "outside_plain_large": outside_plain_share(record.phases) if record.counted else math.nan}
+        position, censored = None, False
+        if record.counted and not math.isnan(target):
+            scored = record.curve.dropna(subset=["val_loss"])
+            position = crossing_position(scored["val_loss"], target)
+            censored = position is None
+            row["reached"], row["censored"] = not censored, censored
+        for key in COSTS:
+            to_target = math.nan
+            if position is not None and key in scored.columns:
+                to_target = value_at(scored[key], position)
+            cost = totals[key] if censored else to_target
+            charged = cost + parent_cost[key] if uses_parent[record.method] else cost
+            row[f"cost_to_target_{key}"] = to_target
+            row[f"savings_{key}"] = 1 - cost / scratch_budget[key] if scratch_budget[key] > 0 else math.nan
+            row[f"savings_charged_{key}"] = 1 - charged / scratch_budget[key] if scratch_budget[key] > 0 else math.nan
+        for key in TOTALS:
+            row[f"total_{key}"] = totals[key] if record.counted else math.nan
+        rows.append(row)
+    runs = pd.DataFrame(rows)
+    for column in ("reached", "censored"):
+        runs[column] = runs[column].astype("boolean")
+    runs["seed"] = runs["seed"].astype("Int64")
+    return runs
+
+
+def _with_ci(row: dict, name: str, values: pd.Series, every_seed: bool = False) -> None:
+    """Mean and t-interval of `values` into row[name], row[name_lo], row[name_hi]. With `every_seed`, a value
+    missing on one seed makes the whole mean NaN: averaging the rest would drop seeds (survivor bias)."""
+    if every_seed and values.isna().any():
+        values = values.iloc[:0]
+    row[name] = mean_of(values)
+    row[f"{name}_lo"], row[f"{name}_hi"] = t_interval(values)
+
+
+def aggregate(runs: pd.DataFrame, uses_parent: dict[str, bool]) -> pd.DataFrame:
+    """One row per method: seeds done / reached, whether it reached τ (at least half its finished seeds did),
+    savings (mean over ALL finished seeds, censored ones at the budget, with a t-interval), final loss and
+    perplexity (mean and t-interval), the mean totals at the budget and the share outside plain LARGE."""
+    finished = runs[runs["state"] == COUNTED_STATE]
+    has_target = bool(finished["reached"].notna().any())
+    rows = []
+    for method, needs_parent in uses_parent.items():
+        mine = runs[runs["method"] == method]
+        done = mine[mine["state"] == COUNTED_STATE]
+        n_reached = int(done["reached"].fillna(False).astype(bool).sum())
+        row = {"method": method, "needs_parent": needs_parent,
+               "n_runs": len(mine), "n_done": len(done), "n_reached": n_reached,
+               "reached": bool(len(done) and 2 * n_reached >= len(done)) if has_target else pd.NA,
+               "n_seeds": len(done), "ci_method": CI_METHOD,
+               "energy_method": "+".join(sorted(set(done["energy_method"]) - {"n/a"})) or "n/a"}
+        for key in COSTS:
+            _with_ci(row, f"savings_{key}", done[f"savings_{key}"], every_seed=True)
+            _with_ci(row, f"savings_charged_{key}", done[f"savings_charged_{key}"], every_seed=True)
+        _with_ci(row, "final_val_loss", done["final_val_loss"])
+        _with_ci(row, "perplexity", done["perplexity"])
+        for key in TOTALS:
+            row[f"total_{key}"] = mean_of(done[f"total_{key}"])
+        shares = done["outside_plain_large"]  # n/a when any seed's records lack the flag
+        row["outside_plain_large"] = mean_of(shares) if shares.notna().all() else math.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["reached"] = table["reached"].astype("boolean")
+    return table
+
+
+def no_savings(row: pd.Series, name: str) -> str | None:
+    """Why a method row shows no savings value `name` ('reference', 'no finished run', 'not reached', 'n/a'),
+    or None when it has one. Fewer than half the finished seeds at τ is "not reached", whatever the mean."""
+    if row["method"] == REFERENCE_METHOD:
+        return "reference"
+    if row["n_done"] == 0:
+        return "no finished run"
+    if pd.isna(row["reached"]):
+        return "n/a"
+    if not row["reached"]:
+        return "not reached"
+    return "n/a" if pd.isna(row[name]) else None

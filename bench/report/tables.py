@@ -1,0 +1,209 @@
+"""Text of the report: the terminal table and report.md.
+
+A savings cell is "34.1% [30.2, 38.0]" (mean over all finished seeds, censored ones at the budget, and its 95%
+t-interval), or a word: "not reached" (fewer than half the seeds reached τ), "reference", "no finished run", or
+"n/a" (not measured), never a 0 standing in for one of those. "k/n reached" sits next to every growth method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from bench.report.plots import PLOT_FILES
+from bench.report.read import COSTS, LABEL_COLUMNS, REFERENCE_METHOD
+from bench.report.statistics import no_savings
+
+if TYPE_CHECKING:
+    from bench.report import Report
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+SAVINGS_RULE = ("savings = 1 − cost to τ / scratch's cost at the budget, mean over all seeds, censored at the "
+                "budget [95% t-interval]")
+
+
+def number(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:.{digits}g}"
+
+
+def _percent(value: float) -> str:
+    return "n/a" if pd.isna(value) else f"{100 * value:.1f}%"
+
+
+def _savings_cell(row: pd.Series, name: str) -> str:
+    """'34.1% [30.2, 38.0]', or why there is no number ('not reached', 'n/a', ...); no interval under 2 seeds."""
+    missing = no_savings(row, name)
+    if missing:
+        return missing
+    text = f"{100 * row[name]:.1f}%"
+    if not pd.isna(row[f"{name}_lo"]):
+        text += f" [{100 * row[f'{name}_lo']:.1f}, {100 * row[f'{name}_hi']:.1f}]"
+    return text
+
+
+def _reached_cell(row: pd.Series) -> str:
+    """'2/3 reached': how many finished seeds reached τ."""
+    if row["method"] == REFERENCE_METHOD:
+        return "reference"
+    if row["n_done"] == 0:
+        return "no finished run"
+    return "n/a" if pd.isna(row["reached"]) else f"{row['n_reached']}/{row['n_done']} reached"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = [headers, ["-" * width for width in widths], *rows]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
+
+
+def format_main_table(report: Report, markdown: bool) -> str:
+    """Seeds at τ, savings (sunk, charged) with intervals, final loss, and the bill at the budget with the share
+    spent outside plain LARGE training, one row per method plus the parent's own row."""
+    headers = ["method", "runs", "seeds at τ", "FLOPs saved", "wall saved", "FLOPs saved (parent charged)",
+               "val loss", "ppl", "FLOPs", "outside plain LARGE", "train h", "kWh", "kg CO2", "$ cloud", "$ energy"]
+    rows = []
+    for _, row in report.table.iterrows():
+        rows.append([row["method"], f"{row['n_done']}/{row['n_runs']} done", _reached_cell(row),
+                     _savings_cell(row, "savings_flops"), _savings_cell(row, "savings_train_s"),
+                     _savings_cell(row, "savings_charged_flops"),
+                     number(row["final_val_loss"], 4), number(row["perplexity"], 4),
+                     number(row["total_flops"]), _percent(row["outside_plain_large"]),
+                     number(row["total_train_s"] / 3600), number(row["total_energy_kwh"]), number(row["total_co2_kg"]),
+                     number(row["total_cost_cloud_usd"]), number(row["total_cost_energy_usd"])])
+    if report.parent_source != "unknown":
+        cost = report.parent_cost
+        parent_loss = report.data.parent.final_val_loss if report.data.parent else math.nan
+        rows.append(["parent (SMALL)", report.parent_source if report.data.parent is None else "pretraining",
+                     "-", "-", "-", "-", number(parent_loss, 4),
+                     number(math.exp(parent_loss) if not math.isnan(parent_loss) else math.nan, 4),
+                     number(cost["flops"]), "-", number(cost["train_s"] / 3600), number(cost["energy_kwh"]),
+                     number(cost["co2_kg"]), number(cost["cost_cloud_usd"]), number(cost["cost_energy_usd"])])
+    return _table(headers, rows, markdown)
+
+
+def _savings_table(report: Report, prefix: str) -> str:
+    headers = ["method", "seeds at τ", *COSTS.values()]
+    rows = [[row["method"], _reached_cell(row), *(_savings_cell(row, f"{prefix}{key}") for key in COSTS)]
+            for _, row in report.table.iterrows()]
+    return _table(headers, rows, markdown=True)
+
+
+def _runs_table(report: Report) -> str:
+    """One row per run; a censored run's savings are an upper bound, shown as '≤ x%'."""
+    headers = ["method", "seed", "state", "final val loss", "reached τ", "FLOPs to τ", "FLOPs saved", "wall saved",
+               "outside plain LARGE"]
+    rows = []
+    for _, run in report.runs.iterrows():
+        censored = not pd.isna(run["censored"]) and bool(run["censored"])
+        reached = "n/a" if pd.isna(run["reached"]) else ("yes" if run["reached"] else "no (censored)")
+        savings = [("≤ " if censored and not pd.isna(run[f"savings_{key}"]) else "") + _percent(run[f"savings_{key}"])
+                   for key in ("flops", "train_s")]
+        rows.append([run["method"], str(run["seed"]), run["state"], number(run["final_val_loss"], 4), reached,
+                     "-" if censored else number(run["cost_to_target_flops"]), *savings,
+                     _percent(run["outside_plain_large"])])
+    return _table(headers, rows, markdown=True)
+
+
+def _how_to_read(report: Report) -> str:
+    """The censoring rule, the interval method and the seeds behind each interval (with a warning under 5)."""
+    seeds = {row["method"]: int(row["n_done"]) for _, row in report.table.iterrows() if row["n_done"] > 0}
+    counts = sorted(set(seeds.values()))
+    per_method = (f"n = {counts[0]} finished seed(s) per method" if len(counts) == 1 else
+                  "n finished seeds per method: " + ", ".join(f"{method} {n}" for method, n in seeds.items()))
+    text = ("**How to read.** Every finished seed counts. A seed that never reaches τ within the budget is "
+            "*censored* at the budget: its cost is taken as its own cost at the budget, a lower bound on what "
+            "reaching τ would cost, so its savings are an upper bound (about 0% for FLOPs). A method's savings are "
+            "the mean over all its finished seeds, \"k/n reached\" says how many got to τ, and a method that "
+            "reaches τ in fewer than half its seeds reads \"not reached\". Intervals are 95% Student-t intervals "
+            f"on the mean (mean ± t(0.975, n−1)·s/√n) over {per_method}; one seed gives a mean and no interval.")
+    if counts and min(counts) < 5:
+        text += (" With fewer than 5 seeds the interval is wide and itself uncertain (the spread is estimated "
+                 "from a handful of values): read it as a rough range, and add seeds before trusting a "
+                 "difference between methods.")
+    return text + ("\n\n**outside plain LARGE** is the share of a method's executed FLOPs spent in phases other than "
+                   "plain training of every parameter of the LARGE model: operator fitting (LiGO), teacher forward "
+                   "passes (KI), shallow or partial stages (StackBERT, MSLT, bert2BERT); mean over finished seeds, "
+                   "n/a where the run records do not mark plain LARGE phases (runs written before that column).")
+
+
+def _provenance(report: Report) -> str:
+    """Every distinct label of how FLOPs, time, energy, carbon and prices were obtained, over all phases."""
+    records = [record for record in (*report.data.runs, report.data.parent) if record is not None and
+               record.phases is not None]
+    lines = []
+    for column, what in LABEL_COLUMNS.items():
+        values = dict.fromkeys(str(value) for record in records if column in record.phases.columns
+                               for value in record.phases[column].dropna())
+        lines.append(f"- {what}: " + ("; ".join(values) if values else "not recorded"))
+    return "\n".join(lines)
+
+
+def terminal_text(report: Report) -> str:
+    """What `bench report` prints: τ, how savings and intervals are made, and the main table."""
+    return (f"target val loss τ = {number(report.target, 4)} ({report.target_source}); {SAVINGS_RULE}\n\n"
+            + format_main_table(report, markdown=False))
+
+
+def format_markdown(report: Report) -> str:
+    manifest = report.manifest
+    budget = manifest["budget"]
+    budget_text = (f"{number(budget.get('value'))} {budget.get('unit', '')}".strip() if isinstance(budget, dict)
+                   else str(budget))
+    if isinstance(budget, dict) and budget.get("unit") != "flops" and isinstance(budget.get("flops"), (int, float)):
+        budget_text += f" (≈ {number(budget['flops'])} FLOPs)"
+    hardware = manifest.get("hardware") or {}
+    prices = manifest.get("prices") or {}
+    seeds = manifest.get("seeds", sorted({seed for seed in report.runs["seed"].dropna()}))
+    sections = [
+        f"# growbench report: {manifest['pair']}",
+        ("**The question.** If the large model is grown from the small pretrained one instead of being trained "
+         "from scratch, how much compute, time, energy and money does it save to reach the quality scratch "
+         "reaches at the budget, and how good is each method at the budget?"),
+        "\n".join([
+            f"- pair: `{manifest['pair']}`",
+            f"- budget per run: {budget_text}",
+            f"- seeds: {', '.join(str(seed) for seed in seeds)}",
+            "- hardware: " + (", ".join(f"{key} {value}" for key, value in hardware.items()) or "not recorded"),
+            f"- prices as of: {prices.get('as_of', 'not recorded')}",
+            f"- target validation loss τ: {number(report.target, 4)} ({report.target_source})",
+            f"- parent (SMALL) cost from: {report.parent_source}",
+        ]),
+        "## Main table",
+        ("Savings = 1 − cost to reach τ / scratch's cost at the budget, mean over all finished seeds (seeds that "
+         "did not reach τ censored at the budget) [95% t-interval], with the parent's pretraining *sunk* (the "
+         "papers' convention) unless marked charged; \"not reached\" means fewer than half the seeds got to τ "
+         "within the budget; n/a means not measured."),
+        _how_to_read(report),
+        format_main_table(report, markdown=True),
+        "## Savings by cost, parent sunk",
+        _savings_table(report, "savings_"),
+        "## Savings by cost, parent charged",
+        ("The parent's whole pretraining cost added to the cost to τ of every method that uses the parent "
+         "(KI too: its teacher is the parent)."),
+        _savings_table(report, "savings_charged_"),
+        "## How the costs were obtained",
+        _provenance(report),
+        "## Plots",
+        "\n\n".join(f"![{title}](plots/{name})" for title, name in zip(
+            ("validation loss vs FLOPs", "validation loss vs train time", "savings", "the bill by phase",
+             "energy and CO2"), PLOT_FILES, strict=True)),
+        "## Runs",
+        _runs_table(report),
+        "## Method settings",
+        "\n\n".join(f"**{method}**\n\n```json\n{json.dumps(settings, indent=2, sort_keys=True, default=str)}\n```"
+                    for method, settings in manifest["methods"].items()),
+    ]
+    if report.notes:
+        sections += ["## Notes", "\n".join(f"- {note}" for note in report.notes)]
+    return "\n\n".join(sections) + "\n"

@@ -24,6 +24,14 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
 
 from bench import __version__, data
+from bench.calibration import (
+    CALIBRATION_FILE,
+    CalibrationTable,
+    calibrate,
+    comparison_table,
+    manifest_entry,
+    recalibrate_after,
+)
 from bench.collectors import CollectorSet, RunInfo, make_collectors
 from bench.collectors.cost import load_prices
 from bench.errors import BenchError
@@ -202,9 +210,11 @@ def load_parent(path: str, size: Size | None, family: str | None = None) -> PreT
 
 
 def _train(phases, budget: Budget, prepared: Prepared, seed: int, loop: LoopConfig, folder: Path,
-           prices: dict, country: str = "WLD", init_only: bool = False) -> RunResult:
+           prices: dict, country: str = "WLD", init_only: bool = False,
+           calibration: CalibrationTable | None = None) -> RunResult:
     accumulation = math.ceil(prepared.config.batch_size / (loop.micro_batch or prepared.config.batch_size))
-    collectors = CollectorSet(make_collectors(RunInfo(loop.device, folder, prices, country, accumulation)))
+    collectors = CollectorSet(make_collectors(RunInfo(loop.device, folder, prices, country, accumulation,
+                                                      calibration)))
     try:
         return train_phases(phases, budget, prepared.source(seed), loop, collectors, init_only)
     finally:
@@ -260,6 +270,18 @@ def compare(config: CompareConfig, echo=print) -> Path:
     if needs_parent:
         parent = _parent(config, pair, parent_steps, prepared, loop, prices, out, echo)
 
+    def context(method, seed: int) -> GrowthContext:
+        return GrowthContext(pair, copy.deepcopy(parent) if method.needs_parent else None, prepared.vocab_size,
+                             data_config.seq_len, prepared.pad_token_id, seed)
+
+    def calibrated() -> CalibrationTable:
+        return calibrate(methods, context, config.seeds, budget, prepared.source, replace(loop, progress_bar=False),
+                         echo=echo)
+
+    table = comparison_table(out / CALIBRATION_FILE, config.resume, calibrated, echo)
+    manifest["calibration"] = manifest_entry(table)
+    write_json(manifest_path, manifest)
+    ran = False
     failures = []
     for name, method in methods.items():
         for seed in range(config.seeds):
@@ -268,12 +290,11 @@ def compare(config: CompareConfig, echo=print) -> Path:
                 echo(f"{run_name(name, seed)}: done already, skipped")
                 continue
             run.set_status(RUNNING, method=name, seed=seed)
-            ctx = GrowthContext(pair, copy.deepcopy(parent) if method.needs_parent else None, prepared.vocab_size,
-                                data_config.seq_len, prepared.pad_token_id, seed)
             loop.label = f"{name} s{seed}"
-            started = time.perf_counter()
+            started, ran = time.perf_counter(), True
             try:
-                result = _train(method.phases(ctx), budget, prepared, seed, loop, run.path, prices, config.country)
+                result = _train(method.phases(context(method, seed)), budget, prepared, seed, loop, run.path, prices,
+                                config.country, calibration=table)
             except BenchError as error:
                 run.set_status(FAILED, reason=str(error), method=name, seed=seed)
                 raise
@@ -285,6 +306,9 @@ def compare(config: CompareConfig, echo=print) -> Path:
             _record(run, result, prepared, method=name, seed=seed, settings=asdict(method.settings))
             state = f"diverged ({result.diverged})" if result.diverged else f"val loss {result.final_val_loss:.4f}"
             echo(f"{run_name(name, seed)}: {state} in {time.perf_counter() - started:.0f} s")
+    if ran or not table.after:  # again after the last run, unless a finished session already did
+        recalibrate_after(table, out / CALIBRATION_FILE, calibrated, echo)
+        manifest["calibration"] = manifest_entry(table)
     manifest["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json(manifest_path, manifest)
     if failures:

@@ -93,7 +93,7 @@ class BatchSource:
         self.tokens_per_step = tokens_per_step
 
 
-class _Ledger:
+class Ledger:
     """Running totals of the run: budget spent, global step, tokens, FLOPs, next eval point."""
 
     def __init__(self, budget: Budget, eval_points: int):
@@ -123,7 +123,7 @@ def train_phases(
 ) -> RunResult:
     """Train each phase the method yields; with `init_only`, only the phases that fit the grown
     model's initialisation, stopping at the first other phase, whose model is the result."""
-    ledger = _Ledger(budget, config.eval_points)
+    ledger = Ledger(budget, config.eval_points)
     curve: list[dict] = []
     phase_rows: list[dict] = []
     phase, optimizer = None, None
@@ -164,16 +164,16 @@ def _mark_plain_large(rows: list[dict], final_model: torch.nn.Module) -> list[di
     return rows
 
 
-def _train_phase(phase: Phase, optimizer: torch.optim.AdamW, ledger: _Ledger, data: BatchSource, config: LoopConfig,
+def _train_phase(phase: Phase, optimizer: torch.optim.AdamW, ledger: Ledger, data: BatchSource, config: LoopConfig,
                  collectors: CollectorSet, curve: list[dict]) -> tuple[dict, str | None]:
     """Train one phase to its share of the budget; (its phases.csv row, divergence reason or None)."""
     for module in (phase.model, phase.eval_model, *phase.extra_forward):
         module.to(config.device)
     phase.prepare()
     steps_before, flops_before, tokens_before = ledger.step, ledger.flops, ledger.tokens
-    with collectors.window("overhead"), _autocast(config):
-        first_chunk = _chunks(_to_device(data.batch(ledger.step), config.device), config.micro_batch)[0]
-        plan = _StepCosts(phase, ledger, data, config).plan()
+    with collectors.window("overhead"), autocast(config):
+        first_chunk = micro_batches(to_device(data.batch(ledger.step), config.device), config.micro_batch)[0]
+        plan = StepCosts(phase, ledger, data, config).plan()
         collectors.start_phase(phase, first_chunk, len(plan))
     _evaluate(phase, ledger, data, config, collectors, curve, train_loss=math.nan)
 
@@ -211,10 +211,10 @@ def _train_phase(phase: Phase, optimizer: torch.optim.AdamW, ledger: _Ledger, da
     return collectors.end_phase(row["steps"], row), diverged
 
 
-class _StepCosts:
+class StepCosts:
     """Executed FLOPs and budget units per step, counted once per distinct phase variant."""
 
-    def __init__(self, phase: Phase, ledger: _Ledger, data: BatchSource, config: LoopConfig):
+    def __init__(self, phase: Phase, ledger: Ledger, data: BatchSource, config: LoopConfig):
         self.phase, self.ledger, self.data, self.config = phase, ledger, data, config
         self._flops: dict = {}
         self._seconds: dict = {}
@@ -295,11 +295,11 @@ def _optimizer_step(phase: Phase, optimizer, lr: float, batch: Batch, local_step
     for group in optimizer.param_groups:
         group["lr"] = lr
     phase.model.train()
-    batch = _to_device(batch, config.device)
-    chunks = _chunks(batch, config.micro_batch)
+    batch = to_device(batch, config.device)
+    chunks = micro_batches(batch, config.micro_batch)
     total = 0.0
     for chunk in chunks:
-        with _autocast(config):
+        with autocast(config):
             loss = phase.loss(chunk, local_step, progress) / len(chunks)
         loss.backward()
         total += loss.item()
@@ -311,7 +311,7 @@ def _optimizer_step(phase: Phase, optimizer, lr: float, batch: Batch, local_step
 
 
 @torch.no_grad()
-def _evaluate(phase: Phase, ledger: _Ledger, data: BatchSource, config: LoopConfig, collectors: CollectorSet,
+def _evaluate(phase: Phase, ledger: Ledger, data: BatchSource, config: LoopConfig, collectors: CollectorSet,
               curve: list[dict], train_loss: float) -> None:
     """Mean validation loss of the phase's model; logged at the ledger's point, never charged."""
     with collectors.window("eval"):
@@ -319,15 +319,15 @@ def _evaluate(phase: Phase, ledger: _Ledger, data: BatchSource, config: LoopConf
         phase.eval_model.eval()
         losses = []
         for batch in data.validation:
-            with _autocast(config):
-                losses.append(phase.evaluate(_to_device(batch, config.device)).item())
+            with autocast(config):
+                losses.append(phase.evaluate(to_device(batch, config.device)).item())
         val_loss = sum(losses) / len(losses)
     row = {"step": ledger.step, "tokens": ledger.tokens, "flops": ledger.flops, "phase": phase.name,
            "train_loss": train_loss, "val_loss": val_loss}
     curve.append(collectors.snapshot(row))
 
 
-def _chunks(batch: Batch, micro_batch: int | None) -> list[Batch]:
+def micro_batches(batch: Batch, micro_batch: int | None) -> list[Batch]:
     rows = batch["input_ids"].shape[0]
     if not micro_batch or micro_batch >= rows:
         return [batch]
@@ -335,11 +335,11 @@ def _chunks(batch: Batch, micro_batch: int | None) -> list[Batch]:
             for start in range(0, rows, micro_batch)]
 
 
-def _to_device(batch: Batch, device: torch.device) -> Batch:
+def to_device(batch: Batch, device: torch.device) -> Batch:
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-def _autocast(config: LoopConfig):
+def autocast(config: LoopConfig):
     if config.autocast_dtype is None:
         return torch.autocast("cpu", enabled=False)
     return torch.autocast(config.device.type, dtype=config.autocast_dtype)
@@ -349,7 +349,7 @@ def step_flops(phase: Phase, batch: Batch, config: LoopConfig, local_step: int =
     """Executed FLOPs of one training step of `phase`, counted by running it: its first micro-batch,
     scaled by the rows of the whole batch (micro-batches differ only in which positions are masked,
     as whole steps do)."""
-    chunks = _chunks(_to_device(batch, config.device), config.micro_batch)
+    chunks = micro_batches(to_device(batch, config.device), config.micro_batch)
     rows = batch["input_ids"].shape[0] / chunks[0]["input_ids"].shape[0]
     return float(count_executed_step(phase, chunks[0], local_step)) * rows
 
@@ -360,5 +360,5 @@ def step_seconds(phase: Phase, batch: Batch, config: LoopConfig, local_step: int
     phase.prepare()
     for module in (phase.model, phase.eval_model, *phase.extra_forward):
         module.to(config.device)
-    chunks = _chunks(_to_device(batch, config.device), config.micro_batch)
+    chunks = micro_batches(to_device(batch, config.device), config.micro_batch)
     return median_step_seconds(phase, chunks[0], step=local_step) * len(chunks)

@@ -1,3 +1,4 @@
+import math
 import time
 
 import pytest
@@ -81,3 +82,43 @@ def test_a_varying_phase_is_calibrated_per_variant(tmp_path, monkeypatch):
     row = clock.end_phase(6, {})
     assert row["reference_s"] == 2 * 1.0 + 4 * 0.25
     assert row["reference_step_s"] == row["reference_s"] / 6
+
+
+def _table(phase, batch, step_s, full_step_s):
+    from bench.calibration import CalibrationTable, Timing, phase_signature
+
+    signature = phase_signature(phase, batch)
+    return CalibrationTable({signature: Timing(signature, [step_s, 2 * step_s], full_step_s)}), signature
+
+
+def test_the_comparison_table_sets_the_reference_step_and_the_slowdown(phase_and_batch, tmp_path, monkeypatch):
+    """A phase whose signature is in the table is charged the table's step time exactly, calibrates nothing itself,
+    and is contended when its train steps take more than the threshold x the table's full step."""
+    phase, batch = phase_and_batch
+    table, signature = _table(phase, batch, step_s=0.1234567, full_step_s=0.002)
+    monkeypatch.setattr(clock_module, "median_step_seconds", lambda *args, **kwargs: pytest.fail("calibrated"))
+    clock = ClockCollector(RunInfo(torch.device("cpu"), tmp_path, calibration=table))
+    clock.start_phase(phase, batch, steps=7)
+    with clock.window("train"):
+        time.sleep(0.05)  # 7 steps in 0.05 s: over 3 ms a step, against a calibrated 2 ms
+    row = clock.end_phase(7, {})
+    assert row["reference_step_s"] == 0.1234567 and row["reference_s"] == 7 * 0.1234567
+    assert row["signature"] == signature and row["reference_source"] == "comparison calibration"
+    assert row["slowdown"] == pytest.approx(row["train_s"] / 7 / 0.002) and row["slowdown"] > 3
+    assert row["contended"] is True
+    assert row["load_avg"] >= 0
+
+    clock.start_phase(phase, batch, steps=2)
+    row = clock.end_phase(2, {})
+    assert row["contended"] is None  # too few steps to judge
+
+
+def test_a_signature_missing_from_the_table_is_calibrated_here_and_labelled(phase_and_batch, tmp_path):
+    phase, batch = phase_and_batch
+    other = {key: value[:, :16] for key, value in batch.items()}  # another micro-batch shape: another signature
+    table, _ = _table(phase, other, step_s=9.0, full_step_s=9.0)
+    clock = ClockCollector(RunInfo(torch.device("cpu"), tmp_path, calibration=table))
+    clock.start_phase(phase, batch, steps=6)
+    row = clock.end_phase(6, {})
+    assert row["reference_step_s"] < 5 and row["reference_source"].startswith("phase calibration (signature not")
+    assert math.isnan(row["slowdown"]) and row["contended"] is None  # no calibrated full step: not judged

@@ -426,3 +426,75 @@ def test_share_outside_plain_large_is_na_for_records_without_the_flag(tmp_path):
     markdown = format_markdown(report)
     for method in ("scratch", "ligo", "ki", "mslt"):
         assert _column(markdown, method, "outside plain LARGE") == "n/a"
+
+
+# --------------------------------------------------------------------------- contention and calibration
+
+
+def _set_phase_columns(run_dir: Path, folder: str, **columns) -> None:
+    path = run_dir / "runs" / folder / "phases.csv"
+    phases = pd.read_csv(path)
+    for name, values in columns.items():
+        phases[name] = values
+    phases.to_csv(path, index=False)
+
+
+def test_a_contended_scratch_run_makes_every_methods_wall_and_energy_savings_unreliable(tmp_path):
+    from bench.report.contention import UNRELIABLE
+
+    run_dir = make_run_dir(tmp_path / "run")
+    for folder in [path.name for path in (run_dir / "runs").iterdir()]:
+        rows = len(pd.read_csv(run_dir / "runs" / folder / "phases.csv"))
+        _set_phase_columns(run_dir, folder, slowdown=[1.05] * rows, load_avg=[1.9] * rows, contended=[False] * rows)
+    _set_phase_columns(run_dir, "scratch-s1", slowdown=[2.4], load_avg=[5.2], contended=[True])
+    report = analyse(run_dir)
+    assert _row(report.runs, "scratch", 1)["contended"] and not _row(report.runs, "ligo", 0)["contended"]
+    assert _row(report.runs, "scratch", 1)["slowdown"] == pytest.approx(2.4)
+    table = report.table.set_index("method")
+    assert table["time_contended"].all() and (table["contended_runs"] == "scratch-s1").all()
+    markdown = format_markdown(report)
+    assert _column(markdown, "ligo", "wall saved") == UNRELIABLE
+    assert _column(markdown, "ligo", "FLOPs saved").endswith("]")  # FLOPs savings stay numbers
+    assert "train ×2.4 (load 5.2)" in markdown and "rerun on a quiet machine" in markdown
+    assert "inherits wall time's contention" in markdown  # the synthetic runs' energy is a TDP estimate
+    assert "Contended runs" in report.text and "scratch-s1" in report.text
+    assert not math.isnan(table.at["ligo", "savings_train_s"])  # the number is kept for the gate and summary.csv
+
+
+def test_a_contended_method_run_spoils_only_that_methods_wall_time(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run")
+    _set_phase_columns(run_dir, "ligo-s2", slowdown=[1.1, 3.0])
+    _set_phase_columns(run_dir, "ki-s0", slowdown=[1.6], steps=[4])  # too few steps to judge
+    table = analyse(run_dir).table.set_index("method")
+    assert table.at["ligo", "time_contended"] and not table.at["ki", "time_contended"]
+    assert not table.at["scratch", "time_contended"]
+
+
+def test_older_records_are_judged_against_the_fastest_run_of_the_same_plain_large_phase(tmp_path):
+    """No slowdown column: the plain LARGE phases of all runs train the same model, so one 2x slower is flagged."""
+    run_dir = make_run_dir(tmp_path / "run")
+    for seed in (0, 1, 2):
+        _mark_plain_large(run_dir, f"scratch-s{seed}", ["True"])
+        _mark_plain_large(run_dir, f"ligo-s{seed}", ["False", "True"])
+    path = run_dir / "runs" / "ligo-s1" / "phases.csv"
+    phases = pd.read_csv(path)
+    phases.loc[1, "train_s"] *= 2
+    phases.to_csv(path, index=False)
+    report = analyse(run_dir)
+    assert _row(report.runs, "ligo", 1)["contended"] and not _row(report.runs, "ligo", 0)["contended"]
+    assert pd.isna(_row(report.runs, "ki", 0)["contended"])  # nothing to compare its phase with: not judged
+    assert report.table.set_index("method").at["ligo", "time_contended"]
+    assert "calibrated inside each run" in format_markdown(report)
+
+
+def test_report_says_when_the_calibration_after_the_last_run_moved(tmp_path):
+    from bench.calibration import CALIBRATION_FILE, CalibrationTable, Timing
+
+    run_dir = make_run_dir(tmp_path / "run")
+    table = CalibrationTable({"a": Timing("a", [0.10, 0.11, 0.105], 0.12, phases=["scratch/train"])})
+    table.after = {"a": Timing("a", [0.20, 0.21, 0.22], 0.23)}
+    table.save(run_dir / CALIBRATION_FILE)
+    markdown = format_markdown(analyse(run_dir))
+    assert "calibration table (calibration.csv): 1 phase signature(s)" in markdown
+    assert "beyond their spread for 1 of 1" in markdown and "+100%" in markdown
+    assert "None found" not in markdown and "Not judged" in markdown  # the synthetic records carry no slowdown

@@ -34,6 +34,7 @@ class RunInfo:
     prices: dict = field(default_factory=dict)  # the price table in use (see bench/prices.toml)
     country: str = "WLD"
     accumulation: int = 1  # micro-batches per optimizer step: collectors see one and scale per-step figures
+    calibration: Any = None  # the comparison's bench.calibration.CalibrationTable, or None (the clock calibrates)
 
 
 class Collector:

@@ -1,19 +1,30 @@
-"""Wall-clock time by window kind, device-hours, and a reproducible reference time per phase.
+"""Wall-clock time by window kind, device-hours, a reproducible reference time and contention, per phase.
 
 `train_s` is what training steps took (the GPU synchronised at every window edge); `eval_s` and
 `overhead_s` (building the phase — growth surgery, LiGO's materialisation —, phase set-up, checkpoint
-I/O, FLOP counting, this calibration) are logged apart and not charged; a phase's overhead includes the
-work that built it, since a phase's clock starts when the previous phase ends. `reference_s` is the
-phase's steps x a step time measured once per phase in a calibration pass (No Train No Gain's
-"reference system time"): stable from run to run where wall time is not. A phase whose steps vary
-(bert2BERT's sampled sub-models) is calibrated once per variant and charged each step its own variant's
-time. The calibrated step is forward + backward without the optimizer update, since calibrating must
-not change the weights.
+I/O, FLOP counting, calibration) are logged apart and not charged; a phase's overhead includes the
+work that built it, since a phase's clock starts when the previous phase ends.
+
+`reference_s` is the phase's steps x a calibrated step time (No Train No Gain's "reference system time"),
+forward + backward of the step's micro-batches. In a comparison the step time comes from the comparison's
+calibration table (bench/calibration.py; `RunInfo.calibration`), looked up by the step's phase signature, so
+the same signature costs the same reference seconds in every run (`reference_source` "comparison
+calibration"). Without a table (`bench pretrain`, `bench grow`, the parent) or for a signature the table
+lacks, the phase is calibrated here, at its start ("phase calibration": without the optimizer update, since
+it must not change the weights). A phase whose steps vary (bert2BERT's sampled sub-models) is charged each
+step its own variant's time; `signature` lists its variants' signatures joined by "+".
+
+Contention: `load_avg` is the mean 1-minute load average at the end of the phase's train windows;
+`slowdown` = measured train step time / the table's full step time (forward, backward and update) for the
+phase's steps; `contended` = slowdown > calibration.CONTENTION_THRESHOLD, judged over at least
+MIN_JUDGED_STEPS steps (empty when not judged: no table value, or too few steps).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -21,6 +32,7 @@ from typing import Any
 
 import torch
 
+from bench.calibration import CONTENTION_THRESHOLD, MIN_JUDGED_STEPS, phase_signature
 from bench.collectors import WINDOW_KINDS, Collector, register_collector
 from bench.hardware import rng_preserved, synchronize
 from bench.phases import Phase
@@ -58,7 +70,9 @@ class ClockCollector(Collector):
         self._started = time.perf_counter()
         self._total = dict.fromkeys(WINDOW_KINDS, 0.0)
         self._phase = dict.fromkeys(WINDOW_KINDS, 0.0)  # reset when a phase ends, so building the next counts
-        self._reference_by_step = [0.0]  # reference seconds of the phase's first n steps, n = 0, 1, ...
+        self._seconds_of_step = [0.0]  # reference seconds of each step of the phase
+        self._full_of_step = [math.nan]  # calibrated full step seconds (forward, backward, update) of each step
+        self._signature, self._reference_source, self._loads = "", "", []
         self._reference_done = 0.0  # reference seconds of finished phases
         self._steps_done = 0  # optimizer steps of finished phases
         if run.device.type == "cuda":
@@ -67,20 +81,40 @@ class ClockCollector(Collector):
             self._device_kind, self._devices = "cpu-core-hours", torch.get_num_threads()
 
     def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor], steps: int = 1) -> None:
-        seconds_of_step = {}
+        table = self.run.calibration
+        seconds_of_step, full_of_step, signatures, sources = {}, {}, [], set()
         for run in phase.steps_by_variant(max(steps, 1)).values():
-            seconds = median_step_seconds(phase, batch, step=run[0]) * self.run.accumulation
+            signature = phase_signature(phase, batch, run[0])
+            timing = table.get(signature) if table is not None else None
+            if timing is not None:
+                seconds, full = timing.step_s, timing.full_step_s
+                sources.add("comparison calibration")
+            else:
+                seconds, full = median_step_seconds(phase, batch, step=run[0]) * self.run.accumulation, math.nan
+                sources.add("phase calibration" + (" (signature not in the comparison's table)" if table else ""))
+            signatures.append(signature)
             seconds_of_step |= dict.fromkeys(run, seconds)
-        self._reference_by_step = [0.0]
-        for step in range(len(seconds_of_step)):
-            self._reference_by_step.append(self._reference_by_step[-1] + seconds_of_step[step])
+            full_of_step |= dict.fromkeys(run, full)
+        self._seconds_of_step = [seconds_of_step[step] for step in range(len(seconds_of_step))]
+        self._full_of_step = [full_of_step[step] for step in range(len(full_of_step))]
+        self._signature = "+".join(sorted(set(signatures)))
+        self._reference_source = " + ".join(sorted(sources))
+        self._loads = []
 
     def _reference(self, steps: int) -> float:
-        """Reference seconds of the phase's first `steps` steps (steps past the plan at the last step's time)."""
-        table = self._reference_by_step
-        if steps < len(table):
-            return table[steps]
-        return table[-1] + (steps - len(table) + 1) * (table[-1] - table[-2])
+        """Reference seconds of the phase's first `steps` steps (steps past the plan at the last step's time).
+        A phase of one step time is charged steps x that time exactly."""
+        seconds = self._seconds_of_step
+        if len(set(seconds)) == 1:
+            return steps * seconds[0]
+        if steps <= len(seconds):
+            return math.fsum(seconds[:steps])
+        return math.fsum(seconds) + (steps - len(seconds)) * seconds[-1]
+
+    def _calibrated_full(self, steps: int) -> float:
+        """Mean calibrated full step time of the phase's first `steps` steps (NaN when one is not in the table)."""
+        full = self._full_of_step[:steps] + [self._full_of_step[-1]] * max(0, steps - len(self._full_of_step))
+        return math.fsum(full) / len(full) if full else math.nan
 
     @contextlib.contextmanager
     def window(self, kind: str) -> Iterator[None]:
@@ -93,6 +127,9 @@ class ClockCollector(Collector):
             elapsed = time.perf_counter() - start
             self._total[kind] += elapsed
             self._phase[kind] += elapsed
+            if kind == "train":
+                with contextlib.suppress(OSError, AttributeError):  # no load average on some systems
+                    self._loads.append(os.getloadavg()[0])
 
     def _device_hours(self, train_s: float) -> float:
         return train_s * self._devices / 3600
@@ -114,12 +151,21 @@ class ClockCollector(Collector):
         reference = self._reference(steps)
         self._reference_done += reference
         self._steps_done += steps
+        uniform = len(set(self._seconds_of_step)) == 1
+        slowdown = (self._phase["train"] / steps / self._calibrated_full(steps)) if steps else math.nan
+        judged = steps >= MIN_JUDGED_STEPS and math.isfinite(slowdown)
         row = {
             "train_s": self._phase["train"],
             "eval_s": self._phase["eval"],
             "overhead_s": self._phase["overhead"],
             "reference_s": reference,
-            "reference_step_s": reference / steps if steps else self._reference(1),  # the mean over variants
+            # the table's value itself for a phase of one step time; the mean over variants otherwise
+            "reference_step_s": self._seconds_of_step[0] if uniform or not steps else reference / steps,
+            "reference_source": self._reference_source,
+            "signature": self._signature,
+            "load_avg": statistics.fmean(self._loads) if self._loads else math.nan,
+            "slowdown": slowdown,
+            "contended": bool(slowdown > CONTENTION_THRESHOLD) if judged else None,
             "device_hours": self._device_hours(self._phase["train"]),
             "device_kind": self._device_kind,
             "devices": self._devices,

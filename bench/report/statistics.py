@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from bench.report.contention import run_contention
 from bench.report.read import COSTS, COUNTED_STATE, PHASE_COLUMNS, REFERENCE_METHOD, TOTALS, RunData, RunRecord
 
 CI_METHOD = "t (censored seeds at the budget)"
@@ -143,6 +144,7 @@ def summarise_runs(data: RunData, target: float, uses_parent: dict[str, bool],
     charged (a censored run's at its own total cost at the budget), totals, share outside plain LARGE."""
     scratch = [_totals(record) for record in data.runs if record.method == REFERENCE_METHOD and record.counted]
     scratch_budget = {key: mean_of([totals[key] for totals in scratch]) for key in COSTS}
+    contention = run_contention(data)
     rows = []
     order = list(uses_parent)
     for record in sorted(data.runs, key=lambda record: (order.index(record.method), record.seed or 0)):
@@ -153,7 +155,8 @@ def summarise_runs(data: RunData, target: float, uses_parent: dict[str, bool],
                "perplexity": float(np.exp(record.final_val_loss)) if record.counted else math.nan,
                "reached": pd.NA, "censored": pd.NA if record.counted else False,
                "energy_method": _energy_method(record),
-               "outside_plain_large": outside_plain_share(record.phases) if record.counted else math.nan}
+               "outside_plain_large": outside_plain_share(record.phases) if record.counted else math.nan,
+               **contention[record.folder]}
         position, censored = None, False
         if record.counted and not math.isnan(target):
             scored = record.curve.dropna(subset=["val_loss"])
@@ -173,7 +176,7 @@ def summarise_runs(data: RunData, target: float, uses_parent: dict[str, bool],
             row[f"total_{key}"] = totals[key] if record.counted else math.nan
         rows.append(row)
     runs = pd.DataFrame(rows)
-    for column in ("reached", "censored"):
+    for column in ("reached", "censored", "contended"):
         runs[column] = runs[column].astype("boolean")
     runs["seed"] = runs["seed"].astype("Int64")
     return runs
@@ -194,6 +197,7 @@ def aggregate(runs: pd.DataFrame, uses_parent: dict[str, bool]) -> pd.DataFrame:
     perplexity (mean and t-interval), the mean totals at the budget and the share outside plain LARGE."""
     finished = runs[runs["state"] == COUNTED_STATE]
     has_target = bool(finished["reached"].notna().any())
+    contended = finished[finished["contended"].fillna(False).astype(bool)]
     rows = []
     for method, needs_parent in uses_parent.items():
         mine = runs[runs["method"] == method]
@@ -213,6 +217,10 @@ def aggregate(runs: pd.DataFrame, uses_parent: dict[str, bool]) -> pd.DataFrame:
             row[f"total_{key}"] = mean_of(done[f"total_{key}"])
         shares = done["outside_plain_large"]  # n/a when any seed's records lack the flag
         row["outside_plain_large"] = mean_of(shares) if shares.notna().all() else math.nan
+        # wall time, energy and their dollars are unreliable when a run of the method or of scratch was contended
+        spoiled = contended[contended["method"].isin([method, REFERENCE_METHOD])]
+        row["time_contended"] = bool(len(spoiled))
+        row["contended_runs"] = ", ".join(spoiled["folder"])
         rows.append(row)
     table = pd.DataFrame(rows)
     table["reached"] = table["reached"].astype("boolean")

@@ -3,6 +3,8 @@
 A savings cell is "34.1% [30.2, 38.0]" (mean over all finished seeds, censored ones at the budget, and its 95%
 t-interval), or a word: "not reached" (fewer than half the seeds reached τ), "reference", "no finished run", or
 "n/a" (not measured), never a 0 standing in for one of those. "k/n reached" sits next to every growth method.
+Wall-time, energy and dollar savings read "unreliable: contended" when a run of the method or of scratch ran on a
+busy machine (report/contention.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from bench.calibration import CONTENTION_THRESHOLD, MIN_JUDGED_STEPS
+from bench.report.contention import TIME_KEYS, UNRELIABLE, calibration_summary, drift_sentence, energy_sentence
 from bench.report.plots import PLOT_FILES
 from bench.report.read import COSTS, LABEL_COLUMNS, REFERENCE_METHOD
 from bench.report.statistics import no_savings
@@ -42,6 +46,8 @@ def _savings_cell(row: pd.Series, name: str) -> str:
     missing = no_savings(row, name)
     if missing:
         return missing
+    if row.get("time_contended") is True and name.endswith(TIME_KEYS):
+        return UNRELIABLE
     text = f"{100 * row[name]:.1f}%"
     if not pd.isna(row[f"{name}_lo"]):
         text += f" [{100 * row[f'{name}_lo']:.1f}, {100 * row[f'{name}_hi']:.1f}]"
@@ -104,11 +110,14 @@ def _runs_table(report: Report) -> str:
     headers = ["method", "seed", "state", "final val loss", "reached τ", "FLOPs to τ", "FLOPs saved", "wall saved",
                "outside plain LARGE"]
     rows = []
+    scratch_contended = _contended(report.runs[report.runs["method"] == REFERENCE_METHOD])
     for _, run in report.runs.iterrows():
         censored = not pd.isna(run["censored"]) and bool(run["censored"])
         reached = "n/a" if pd.isna(run["reached"]) else ("yes" if run["reached"] else "no (censored)")
         savings = [("≤ " if censored and not pd.isna(run[f"savings_{key}"]) else "") + _percent(run[f"savings_{key}"])
                    for key in ("flops", "train_s")]
+        if savings[1] != "n/a" and (scratch_contended or _contended(report.runs.loc[[run.name]])):
+            savings[1] = UNRELIABLE
         rows.append([run["method"], str(run["seed"]), run["state"], number(run["final_val_loss"], 4), reached,
                      "-" if censored else number(run["cost_to_target_flops"]), *savings,
                      _percent(run["outside_plain_large"])])
@@ -149,10 +158,65 @@ def _provenance(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _contended(runs: pd.DataFrame) -> bool:
+    return "contended" in runs.columns and bool(runs["contended"].fillna(False).astype(bool).any())
+
+
+def _unreliable_methods(report: Report) -> list[str]:
+    table = report.table
+    if "time_contended" not in table.columns:
+        return []
+    return [row["method"] for _, row in table.iterrows() if row["time_contended"] and row["method"] != REFERENCE_METHOD]
+
+
+def _contention_warning(report: Report) -> str:
+    """One paragraph: whose wall-time savings are unreliable and why, or nothing when no run was contended."""
+    methods = _unreliable_methods(report)
+    contended = report.runs[report.runs["contended"].fillna(False).astype(bool)] if "contended" in report.runs else []
+    if not len(contended):
+        return ""
+    text = (f"Contended runs (a phase's train step ran more than {CONTENTION_THRESHOLD:g}× slower than calibrated, or "
+            f"than the same phase in another run): {', '.join(contended['folder'])}.")
+    if methods:
+        text += (f" Wall-time, energy and dollar savings of {', '.join(methods)} are shown as \"{UNRELIABLE}\": they "
+                 "measure the machine's other work as much as the method. Trust FLOPs and reference-time savings, "
+                 "or rerun on a quiet machine.")
+    return text
+
+
 def terminal_text(report: Report) -> str:
-    """What `bench report` prints: τ, how savings and intervals are made, and the main table."""
+    """What `bench report` prints: τ, how savings and intervals are made, the main table, and a contention warning."""
+    warning = _contention_warning(report)
     return (f"target val loss τ = {number(report.target, 4)} ({report.target_source}); {SAVINGS_RULE}\n\n"
-            + format_main_table(report, markdown=False))
+            + format_main_table(report, markdown=False) + (f"\n\n{warning}" if warning else ""))
+
+
+def _time_section(report: Report) -> str:
+    """How reference time was made, which runs were contended and what that spoils, the before/after calibration
+    drift, and how far energy can be trusted."""
+    table, reference = calibration_summary(report.data)
+    lines = [f"- **Reference time.** {reference}"]
+    runs = report.runs
+    judged = runs[runs["contended"].notna()] if "contended" in runs.columns else runs.iloc[:0]
+    rule = (f"a phase is contended when, over at least {MIN_JUDGED_STEPS} steps, its train step took more than "
+            f"{CONTENTION_THRESHOLD:g}× its calibrated step (forward, backward and update; `slowdown` in phases.csv) "
+            "or the fastest run's step of the same phase signature")
+    if not len(judged):
+        lines.append(f"- **Contention.** Not judged: the run records lack what it needs ({rule}).")
+    elif not _contended(runs):
+        lines.append(f"- **Contention.** None found in {len(judged)} judged run(s) ({rule}).")
+    else:
+        contended = runs[runs["contended"].fillna(False).astype(bool)]
+        detail = "; ".join(f"{run['folder']}: {run['contended_phases']}" for _, run in contended.iterrows())
+        lines.append(f"- **Contention.** {_contention_warning(report)} ({rule}; per run: {detail}.) FLOPs and "
+                     "reference time do not depend on the machine's load and stay the headline; for wall time, "
+                     "rerun the contended runs on a quiet machine (a new --out).")
+    drift = drift_sentence(table)
+    if drift:
+        lines.append(f"- **Calibration before and after.** {drift}")
+    methods = set(report.runs["energy_method"].dropna()) if "energy_method" in report.runs.columns else set()
+    lines.append(f"- **Energy.** {energy_sentence(methods - {'n/a'})}")
+    return "\n".join(lines)
 
 
 def format_markdown(report: Report) -> str:
@@ -192,6 +256,8 @@ def format_markdown(report: Report) -> str:
         ("The parent's whole pretraining cost added to the cost to τ of every method that uses the parent "
          "(KI too: its teacher is the parent)."),
         _savings_table(report, "savings_charged_"),
+        "## Time, energy and contention",
+        _time_section(report),
         "## How the costs were obtained",
         _provenance(report),
         "## Plots",

@@ -431,3 +431,17 @@ def test_bench_check_on_the_command_line_exits_1_on_a_planted_improvement_and_ba
     assert first.startswith("0 regression(s), 1 improvement(s) beyond tolerance") and "`bench baseline`" in first
     assert "1 books failure(s)" in first
     assert IMPROVED_FAILS in done.stdout and "scratch-s0  (all)  budget" in done.stdout
+
+
+def test_wall_time_and_energy_are_not_judged_where_the_baseline_was_contended(baseline, tmp_path):
+    """A regression of wall-time savings measured on a machine that ran other work says nothing about the code."""
+    run_dir, path, _ = baseline
+
+    def contended_and_much_better(stored):
+        stored["methods"]["ligo"]["time_contended"] = True
+        stored["methods"]["ligo"]["quantities"]["savings_train_s"]["value"] += 0.60
+
+    result = check(run_dir, _edit_baseline(path, tmp_path, contended_and_much_better))
+    assert result.ok, result.text
+    assert _verdicts(result, "ligo")["wall-time savings"].startswith("skipped (contended")
+    assert _verdicts(result, "ligo")["reference-time savings"] != "skipped (contended: the machine ran other work)"

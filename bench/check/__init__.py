@@ -23,7 +23,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.check.baseline import QUANTITIES, Quantity, hardware_fingerprint, load_baseline, write_baseline
+from bench.check.baseline import (
+    QUANTITIES,
+    Quantity,
+    hardware_fingerprint,
+    load_baseline,
+    time_contended,
+    write_baseline,
+)
 from bench.check.books import AuditRow, audit, audit_data, format_audit
 from bench.check.rows import BOOKS, FAILING, IMPROVED, IMPROVED_FAILS, OK, REGRESSION, _columns
 from bench.errors import BenchError
@@ -114,6 +121,10 @@ def _method_rows(method: str, expected: dict, current: pd.Series, same_hardware:
         if quantity.hardware_dependent and not same_hardware:
             rows.append(CheckRow(method, quantity.label, _format(quantity, expected_quantity["value"]), "",
                                  _format(quantity, current[quantity.column]), "", "skipped (other hardware)"))
+        elif quantity.follows_wall_time and (time_contended(current) or expected.get("time_contended", False)):
+            rows.append(CheckRow(method, quantity.label, _format(quantity, expected_quantity["value"]), "",
+                                 _format(quantity, current[quantity.column]), "",
+                                 "skipped (contended: the machine ran other work)"))
         elif quantity.is_savings and not (reached_now and reached_then):
             rows.append(CheckRow(method, quantity.label, _format(quantity, expected_quantity["value"]), "",
                                  _format(quantity, current[quantity.column]), "", "n/a (target not reached)"))

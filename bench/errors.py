@@ -1,5 +1,9 @@
-"""The one exception type that means "the user gave bad input" (exit code 2, one line on stderr)."""
+"""The exceptions that mean something to the command line; each has its exit code (see bench/cli.py)."""
 
 
 class BenchError(Exception):
-    """Bad input: unknown size or method, a shrinking pair, a missing corpus, a budget too small."""
+    """Bad input: unknown size or method, a shrinking pair, a missing corpus, a budget too small (exit 2)."""
+
+
+class RunsFailed(Exception):
+    """Some runs of a comparison failed after the others finished (exit 1)."""

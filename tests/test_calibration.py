@@ -23,6 +23,7 @@ from bench.errors import BenchError
 from bench.phases import Phase
 from bench.report import analyse, format_markdown
 from bench.report.contention import UNRELIABLE, judged_phases
+from bench.runner import one_run
 from bench.sizes import get_size
 
 SENTENCES = [
@@ -189,7 +190,7 @@ def test_a_cpu_burner_makes_runs_contended_and_leaves_flops_savings_alone(corpus
     quiet, busy = tmp_path / "quiet", tmp_path / "busy"
     runner.compare(_config(corpus, quiet, ["scratch", "stackbert"], seeds=1, budget_steps=12), echo=lambda line: None)
 
-    train = runner._train
+    train = one_run.train_run
 
     def burning(phases, budget, prepared, seed, loop, folder, *args, **kwargs):
         if Path(folder).name != "stackbert-s0":
@@ -203,7 +204,7 @@ def test_a_cpu_burner_makes_runs_contended_and_leaves_flops_savings_alone(corpus
                 burner.kill()
                 burner.wait()
 
-    monkeypatch.setattr(runner, "_train", burning)
+    monkeypatch.setattr(one_run, "train_run", burning)
     runner.compare(_config(corpus, busy, ["scratch", "stackbert"], seeds=1, budget_steps=12), echo=lambda line: None)
 
     stored = pd.read_csv(busy / "runs" / "stackbert-s0" / "phases.csv")

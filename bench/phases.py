@@ -6,7 +6,7 @@ train, what the loss is, what extra passes run) lives in the phase a method yiel
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -84,10 +84,11 @@ class Phase:
             eval_model = self.eval_model
             self.evaluate = lambda batch: lm_loss(eval_model, batch)
 
-    def steps_by_variant(self, steps: int) -> dict[Hashable, list[int]]:
-        """The phase's local steps 0..steps-1 grouped by variant key (one group, key None, without variants)."""
+    def steps_by_variant(self, steps: int) -> dict[Hashable, Sequence[int]]:
+        """The phase's local steps 0..steps-1 grouped by variant key (one group, key None, a range without
+        variants: no memory for a long phase)."""
         if self.variant is None:
-            return {None: list(range(steps))}
+            return {None: range(steps)}
         groups: dict[Hashable, list[int]] = {}
         for step in range(steps):
             groups.setdefault(self.variant(step), []).append(step)

@@ -6,6 +6,7 @@ Every model is a real `transformers` model built from a local config; nothing is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -71,9 +72,16 @@ class Size:
     def dims(self) -> Dims:
         return Dims(self.layers, self.hidden, self.heads, self.ffn)
 
-    def config(self, vocab_size: int, seq_len: int, pad_token_id: int = 0) -> PretrainedConfig:
+    def config(self, vocab_size: int, seq_len: int, pad_token_id: int = 0,
+               base: PretrainedConfig | None = None) -> PretrainedConfig:
         """A transformers config for this shape. Dropout is 0: runs here are short, single-epoch
-        pretraining, where dropout only slows learning, and 0 keeps CPU runs bit-reproducible."""
+        pretraining, where dropout only slows learning, and 0 keeps CPU runs bit-reproducible.
+
+        With `base` (a parent checkpoint's config) everything but the shape and the dropout is the base's:
+        vocabulary, position table, type vocabulary, special token ids, activation, LayerNorm epsilon, tying;
+        `vocab_size`, `seq_len` and `pad_token_id` are then not used."""
+        if base is not None:
+            return self._config_from(base)
         if self.family == "gpt2":
             return GPT2Config(
                 vocab_size=vocab_size, n_positions=seq_len, n_embd=self.hidden,
@@ -92,10 +100,48 @@ class Size:
             type_vocab_size=2 if self.family == "bert" else 1,
         )
 
-    def build(self, vocab_size: int, seq_len: int, seed: int, pad_token_id: int = 0) -> PreTrainedModel:
-        """LARGE (or SMALL) with transformers' default random init, seeded."""
+    def _config_from(self, base: PretrainedConfig) -> PretrainedConfig:
+        if base.model_type != self.family:
+            raise BenchError(f"cannot build {self.name} ({self.family}) from a {base.model_type} config")
+        if self.family == "gpt2":
+            shape = {"n_layer": self.layers, "n_embd": self.hidden, "n_head": self.heads, "n_inner": self.ffn,
+                     "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+        else:
+            shape = {"num_hidden_layers": self.layers, "hidden_size": self.hidden, "num_attention_heads": self.heads,
+                     "intermediate_size": self.ffn, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        kept = {key: value for key, value in base.to_dict().items()
+                if key not in _NOT_INHERITED and key not in shape}
+        return FAMILIES[self.family].config_class.from_dict({**kept, **shape})
+
+    def build(self, vocab_size: int, seq_len: int, seed: int, pad_token_id: int = 0,
+              base: PretrainedConfig | None = None) -> PreTrainedModel:
+        """LARGE (or SMALL) with transformers' default random init, seeded (see `config` for `base`)."""
         torch.manual_seed(seed)
-        return FAMILIES[self.family].model_class(self.config(vocab_size, seq_len, pad_token_id))
+        return FAMILIES[self.family].model_class(self.config(vocab_size, seq_len, pad_token_id, base))
+
+
+# What a config built from a parent's does not take from it: where the parent came from and how it was stored.
+_NOT_INHERITED = {"architectures", "_name_or_path", "transformers_version", "dtype", "torch_dtype",
+                  "_attn_implementation", "_attn_implementation_internal", "model_type"}
+
+
+def positions_of(config: PretrainedConfig) -> int:
+    """How many tokens one sequence of a model of `config` may hold: its position table, less RoBERTa's offset
+    (RoBERTa numbers positions from pad_token_id + 1)."""
+    if config.model_type == "gpt2":
+        return config.n_positions
+    offset = (config.pad_token_id or 0) + 1 if config.model_type == "roberta" else 0
+    return config.max_position_embeddings - offset
+
+
+def size_of(config: PretrainedConfig, name: str) -> Size:
+    """The size of a checkpoint's config (a parent's), named `name`."""
+    return Size(name, config.model_type, *Dims.of(config))
+
+
+def parent_size_name(source: str) -> str:
+    """The name of the SMALL a checkpoint is: `parent(<its folder's or hub id's last part>)`."""
+    return f"parent({Path(source.rstrip('/')).name or source})"
 
 
 # (layers, hidden, heads, ffn). nano..mini are CPU scale; small/base/large are the LiGO paper's.
@@ -193,12 +239,56 @@ def defaults_for(size: Size) -> PairDefaults:
     return CPU_DEFAULTS if size.hidden <= 256 else _paper_defaults(size.family)
 
 
-def parse_pair(text: str) -> Pair:
-    """`SMALL:LARGE` -> Pair, or BenchError when the pair is unknown, mixes families, or shrinks."""
+def split_pair(text: str) -> tuple[str | None, str]:
+    """`SMALL:LARGE` -> (SMALL's name, LARGE's name); `:LARGE` -> (None, LARGE's name): SMALL is a checkpoint's."""
     small_name, sep, large_name = text.partition(":")
-    if not sep:
-        raise BenchError(f"a pair is SMALL:LARGE (e.g. bert-nano:bert-micro), got {text!r}")
+    if not sep or not large_name.strip():
+        raise BenchError(f"a pair is SMALL:LARGE (e.g. bert-nano:bert-micro, or :bert-mini with --small-from), "
+                         f"got {text!r}")
+    return small_name.strip() or None, large_name.strip()
+
+
+def parse_pair(text: str | Pair) -> Pair:
+    """`SMALL:LARGE` -> Pair, or BenchError when the pair is unknown, mixes families, or shrinks. A Pair (e.g. one
+    whose SMALL was read from a checkpoint, see `parent_pair`) is returned as it is."""
+    if isinstance(text, Pair):
+        return text
+    small_name, large_name = split_pair(text)
+    if small_name is None:
+        raise BenchError(f"the pair {text} names no SMALL: name it, or give the checkpoint to read it from "
+                         "(--small-from)")
     return make_pair(get_size(small_name), get_size(large_name))
+
+
+def parent_pair(text: str | Pair, config: PretrainedConfig, source: str) -> Pair:
+    """The pair of a comparison that grows the checkpoint `source` (whose config is `config`): `SMALL:LARGE`, or
+    `:LARGE` with SMALL the checkpoint's own shape (`parent(<name>)`). BenchError when the checkpoint cannot be the
+    pair's SMALL: another family, a named SMALL of another shape, larger than LARGE in any dimension, or the same
+    shape as LARGE."""
+    if isinstance(text, Pair):
+        small_name, large = text.small.name, text.large
+    else:
+        small_name, large_name = split_pair(text)
+        large = get_size(large_name)
+    family = config.model_type
+    if family not in FAMILIES:
+        raise BenchError(f"the parent at {source} is a {family} model; growbench grows {', '.join(FAMILIES)} "
+                         "checkpoints")
+    if family != large.family:
+        raise BenchError(f"the parent at {source} is a {family} model, but {large.name} is {large.family}")
+    shape = Dims.of(config)
+    if small_name is not None:
+        small = text.small if isinstance(text, Pair) else get_size(small_name)
+        if small.dims != shape:
+            raise BenchError(f"the parent at {source} is {tuple(shape)} (layers, hidden, heads, ffn), not {small.name} "
+                             f"{tuple(small.dims)}; --pair :{large.name} reads SMALL from the checkpoint")
+    else:
+        small = size_of(config, parent_size_name(source))
+    larger = [f"{dim} {s} > {l}" for dim, s, l in zip(Dims._fields, shape, large.dims) if s > l]
+    if larger:
+        raise BenchError(f"the parent at {source} is larger than {large.name} ({', '.join(larger)}): growth cannot "
+                         "shrink it; choose a larger LARGE")
+    return make_pair(small, large)
 
 
 def make_pair(small: Size, large: Size) -> Pair:

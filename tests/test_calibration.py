@@ -164,8 +164,9 @@ def test_kill_9_while_calibrating_leaves_no_table_and_resume_calibrates(corpus, 
     out = tmp_path / "run"
     argv = ["compare", "--methods", "scratch", "--seeds", "1", "--budget-steps", "6", "--corpus", str(corpus),
             "--out", str(out), "--no-progress"]
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}  # as in this process
     killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_TIMING, *argv], check=False, capture_output=True,
-                            text=True, env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}, timeout=300)
+                            text=True, env=env, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert (out / "manifest.json").exists() and not (out / CALIBRATION_FILE).exists()
     assert not (out / "runs").exists()

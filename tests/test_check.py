@@ -4,6 +4,8 @@ for hardware-independent quantities) or moved machine; and the books audited on 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -240,12 +242,36 @@ def test_software_versions_do_not_count_as_other_hardware(baseline, tmp_path):
 def test_a_method_that_no_longer_finishes_is_a_regression(baseline, tmp_path):
     _, path, _ = baseline
     specs = gate_specs()
-    specs["ligo"].states = {0: "diverged", 1: "failed", 2: "diverged"}
+    specs["ligo"].states = {0: "diverged", 1: "diverged", 2: "diverged"}
     result = check(gate_run_dir(tmp_path / "broken", specs), path)
     assert not result.ok and _verdicts(result, "ligo") == {"finished runs": "REGRESSION"}
     assert not any(row.run.startswith("ligo") for row in result.books)  # only finished runs are audited
     with pytest.raises(BenchError, match="no finished run of ligo"):
         write_baseline(tmp_path / "broken", tmp_path / "from-broken.json")
+
+
+@pytest.mark.parametrize("state", ["failed", "running", None, "not started"])
+def test_check_and_baseline_refuse_unfinished_seeds_unless_allowed(baseline, tmp_path, state):
+    """A seed that failed, is still running, has no status.json or no folder at all: the gate and the baseline
+    refuse (exit 2) and name it; --allow-incomplete judges what is there and says what it went without."""
+    _, path, _ = baseline
+    run_dir = gate_run_dir(tmp_path / "partial", gate_specs())
+    folder = run_dir / "runs" / "ligo-s1"
+    if state == "not started":
+        shutil.rmtree(folder)
+    elif state is None:
+        (folder / "status.json").unlink()
+    else:
+        status = json.loads((folder / "status.json").read_text())
+        (folder / "status.json").write_text(json.dumps({**status, "state": state, "files": None}))
+    named = "ligo-s1 (" + (state or "unknown") + ")"
+    with pytest.raises(BenchError, match=re.escape(named)):
+        check(run_dir, path)
+    with pytest.raises(BenchError, match=re.escape(named)):
+        write_baseline(run_dir, tmp_path / "partial.json")
+    result = check(run_dir, path, allow_incomplete=True)
+    assert any(named in note for note in result.notes), result.notes
+    assert write_baseline(run_dir, tmp_path / "partial.json", allow_incomplete=True)["unfinished_runs"] == [named]
 
 
 @pytest.mark.parametrize("content, message", [

@@ -33,7 +33,7 @@ def corpus(tmp_path, monkeypatch):
     (["compare", "--pair", "bert-nano:bert-huge"], "unknown size"),
     (["compare", "--pair", "bert-micro:bert-nano"], "shrinks"),
     (["compare", "--methods", "scratch,warp-drive"], "unknown method"),
-    (["compare", "--budget-steps", "0"], "must be positive"),
+    (["compare", "--budget-steps", "0"], "must be a positive whole number"),
     (["compare", "--corpus", "/nonexistent/corpus.txt", "--methods", "scratch"], "/nonexistent/corpus.txt"),
     (["compare", "--method-arg", "scratch.nothing=1", "--methods", "scratch"], "no setting"),
     (["check", "/nonexistent-run", "--baseline", "/nonexistent.json"], "does not exist"),
@@ -91,6 +91,95 @@ def test_every_method_runs_on_the_gpt2_and_roberta_pairs(pair, corpus, tmp_path)
     assert main(argv) == 0
     states = {path.parent.name: json.loads(path.read_text())["state"] for path in out.glob("runs/*/status.json")}
     assert len(states) == 9 and set(states.values()) == {"done"}, states
+
+
+@pytest.fixture
+def captured_config(tmp_path, monkeypatch):
+    """runner.compare replaced by a stub that keeps the CompareConfig it got and returns `folder`."""
+    from bench import runner
+
+    monkeypatch.setenv("GROWBENCH_CACHE", str(tmp_path / "cache"))
+    seen = {}
+
+    def compare(config, echo=print):
+        seen["config"] = config
+        return seen.get("returns", config.out)
+
+    monkeypatch.setattr(runner, "compare", compare)
+    return seen
+
+
+def test_the_run_directory_flags_reach_the_comparison(captured_config, tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from bench import runner
+
+    monkeypatch.setattr(runner, "report", lambda out, target=None: SimpleNamespace(text="the report"))
+    out = tmp_path / "run"
+    argv = ["compare", "--methods", "scratch,bert2bert:fpi", "--seeds", "3", "--out", str(out), "--resume", "--repair",
+            "--prepare", "--only", "bert2bert:fpi-s2,scratch-s0,bert2bert_fpi-s2", "--checkpoint-every", "2.5",
+            "--keep-checkpoints", "--eval-points", "7"]
+    assert main(argv) == 0
+    config = captured_config["config"]
+    assert (config.resume, config.repair, config.prepare_only, config.keep_checkpoints) == (True, True, True, True)
+    assert config.only == ["bert2bert_fpi-s2", "scratch-s0"] and config.checkpoint_every == 2.5
+    assert config.eval_points == 7 and config.out == out
+    stdout = capsys.readouterr().out
+    assert "prepared" in stdout and "report" not in stdout.replace("--", "")  # --prepare builds no report
+    assert main(["compare", "--methods", "scratch", "--out", str(out), "--fresh"]) == 0
+    config = captured_config["config"]
+    assert config.fresh and not config.resume and config.only is None and config.checkpoint_every == 10.0
+
+
+def test_only_prints_the_report_once_every_run_is_done(captured_config, tmp_path, capsys):
+    from test_report import Spec, curve_loss, make_run_dir
+
+    run_dir = make_run_dir(tmp_path / "run", {"scratch": Spec(curve_loss(3.0, 10.0, 3.0), needs_parent=False)},
+                           seeds=(0,), parent=False)
+    captured_config["returns"] = run_dir
+    argv = ["compare", "--methods", "scratch", "--out", str(run_dir), "--only", "scratch-s0"]
+    assert main([*argv, "--seeds", "2"]) == 0
+    stdout = capsys.readouterr().out
+    assert "1 run(s) not finished: scratch-s1" in stdout and not (run_dir / "report.md").exists()
+    assert main([*argv, "--seeds", "1"]) == 0
+    assert (run_dir / "report.md").exists() and "results:" in capsys.readouterr().out
+
+
+def test_check_and_baseline_pass_allow_incomplete(tmp_path, monkeypatch, capsys):
+    import bench.check
+
+    seen = []
+    monkeypatch.setattr(bench.check, "write_baseline", lambda run_dir, out, **kw: seen.append(("baseline", kw)))
+
+    class Result:
+        ok, text, failures = True, "ok", []
+
+    monkeypatch.setattr(bench.check, "check", lambda run_dir, baseline, **kw: seen.append(("check", kw)) or Result())
+    assert main(["baseline", str(tmp_path), "--out", str(tmp_path / "b.json"), "--allow-incomplete"]) == 0
+    assert main(["check", str(tmp_path), "--baseline", str(tmp_path / "b.json")]) == 0
+    assert seen == [("baseline", {"allow_incomplete": True}), ("check", {"allow_incomplete": False})]
+
+
+def test_the_command_line_wins_over_the_config_files_budget_and_run_directory_choice(captured_config, tmp_path,
+                                                                                     monkeypatch):
+    from types import SimpleNamespace
+
+    from bench import runner
+
+    monkeypatch.setattr(runner, "report", lambda out, target=None: SimpleNamespace(text="the report"))
+    monkeypatch.chdir(tmp_path)
+    config_file = tmp_path / "compare.toml"
+    config_file.write_text('budget_steps = 5\nresume = true\nmethods = "scratch"\nseeds = 2\nlr = 1\n'
+                           'corpus = ["a.txt"]\n')
+    (tmp_path / "a.txt").write_text("text\n")
+    argv = ["compare", "--config", str(config_file), "--out", str(tmp_path / "run")]
+    assert main([*argv, "--budget", "1e12", "--fresh"]) == 0
+    config = captured_config["config"]
+    assert (config.budget_value, config.budget_steps, config.fresh, config.resume) == (1e12, None, True, False)
+    assert config.seeds == 2 and config.lr == 1.0 and config.data.corpus == ["a.txt"]
+    assert main(argv) == 0
+    config = captured_config["config"]
+    assert (config.budget_value, config.budget_steps, config.fresh, config.resume) == (None, 5, False, True)
 
 
 def test_all_means_every_method_that_is_not_a_variant_and_names_count_once():

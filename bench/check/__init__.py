@@ -26,6 +26,7 @@ import pandas as pd
 from bench.check.baseline import (
     QUANTITIES,
     Quantity,
+    complete,
     hardware_fingerprint,
     load_baseline,
     time_contended,
@@ -140,11 +141,12 @@ def _table_text(rows: list[CheckRow]) -> str:
                     [[getattr(row, name) for name in CheckRow.__dataclass_fields__] for row in rows])
 
 
-def check(run_dir: Path, baseline_path: Path) -> CheckResult:
+def check(run_dir: Path, baseline_path: Path, allow_incomplete: bool = False) -> CheckResult:
     """Judge the run in `run_dir` against the baseline and audit its books; ok is False when anything
     regressed, a hardware-independent quantity improved beyond its tolerance, or the books do not add up."""
     baseline = load_baseline(baseline_path)
     report = analyse(run_dir)
+    unfinished_runs = complete(report, allow_incomplete, "the gate judges complete comparisons")
     manifest = report.manifest
     if baseline["pair"] != manifest["pair"]:
         raise BenchError(f"baseline {baseline_path} is for pair {baseline['pair']}, the run is {manifest['pair']}")
@@ -157,7 +159,8 @@ def check(run_dir: Path, baseline_path: Path) -> CheckResult:
     if missing:
         raise BenchError(f"the run in {run_dir} lacks method(s) {', '.join(missing)} that baseline {baseline_path} has")
 
-    notes = []
+    notes = [f"Incomplete (--allow-incomplete): judged without {', '.join(unfinished_runs)}."] \
+        if unfinished_runs else []
     same_hardware = baseline["hardware_fingerprint"] == hardware_fingerprint(manifest.get("hardware"))
     if not same_hardware:
         notes.append(f"Hardware differs from the baseline's ({baseline['hardware_fingerprint']} vs "

@@ -27,6 +27,7 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.records import read_json, write_json
 from bench.report import COUNTED_STATE, Report, analyse
+from bench.report.read import unfinished
 
 BASELINE_FORMAT = "growbench-baseline/1"
 
@@ -88,10 +89,21 @@ def _json_number(value) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def make_baseline(report: Report) -> dict:
-    unfinished = report.table.loc[report.table["n_done"] == 0, "method"].tolist()
-    if unfinished:
-        raise BenchError(f"cannot write a baseline from {report.run_dir}: no finished run of {', '.join(unfinished)}")
+def complete(report: Report, allow_incomplete: bool, what: str) -> list[str]:
+    """The runs of the comparison that have not finished; BenchError unless `allow_incomplete`: a gate or a
+    baseline judges complete comparisons, or says which runs it went without."""
+    missing = unfinished(report.data)
+    if missing and not allow_incomplete:
+        raise BenchError(f"{what}: {report.run_dir} has {len(missing)} unfinished run(s): {', '.join(missing)}; "
+                         "finish them (bench compare --resume) or pass --allow-incomplete")
+    return missing
+
+
+def make_baseline(report: Report, allow_incomplete: bool = False) -> dict:
+    missing = complete(report, allow_incomplete, "cannot write a baseline")
+    no_run = report.table.loc[report.table["n_done"] == 0, "method"].tolist()
+    if no_run:
+        raise BenchError(f"cannot write a baseline from {report.run_dir}: no finished run of {', '.join(no_run)}")
     if math.isnan(report.target):
         raise BenchError(f"cannot write a baseline from {report.run_dir}: it has no target (no finished scratch run)")
     methods = {}
@@ -119,12 +131,13 @@ def make_baseline(report: Report) -> dict:
         "tolerance_rule": "max(floor, std over seeds / sqrt(n))",
         "floors": {quantity.column: quantity.floor for quantity in QUANTITIES},
         "methods": methods,
+        "unfinished_runs": missing,  # written with --allow-incomplete: the runs it went without
     }
 
 
-def write_baseline(run_dir: Path, out: Path) -> dict:
+def write_baseline(run_dir: Path, out: Path, allow_incomplete: bool = False) -> dict:
     """Write the baseline of the run in `run_dir` to `out` (JSON) and return it."""
-    baseline = make_baseline(analyse(run_dir))
+    baseline = make_baseline(analyse(run_dir), allow_incomplete)
     write_json(Path(out), baseline)
     return baseline
 

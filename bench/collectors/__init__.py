@@ -2,7 +2,8 @@
 
 A collector knows no method. The loop tells it when a phase starts (it may look at the phase's
 modules, an example batch and the number of steps the phase will take), wraps every stretch of work in `window(kind)`, asks for cumulative
-figures at each eval point (`snapshot`) and for the phase's bill when it ends (`end_phase`).
+figures at each eval point (`snapshot`) and for the phase's bill when it ends (`end_phase`). A mid-run checkpoint
+keeps its running totals (`state_dict`), which a resumed run hands back (`load_state_dict`).
 `row` holds the columns earlier collectors (in registry order) already produced, so a collector
 can derive from them (dollars from device-hours and kWh). A collector that cannot measure says so
 in a labelled column; it never reports 0.
@@ -62,6 +63,14 @@ class Collector:
     def close(self) -> None:
         pass
 
+    def state_dict(self) -> dict[str, Any]:
+        """The running totals a mid-run checkpoint keeps (numbers, strings, tensors and containers of them),
+        so that a resumed run reports the sums of its sessions. Default: none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`'s totals; called after `start_phase` of the phase being resumed."""
+
 
 _REGISTRY = Registry("collector", __name__, "growbench.collectors")
 register_collector = _REGISTRY.register
@@ -108,3 +117,15 @@ class CollectorSet:
     def close(self) -> None:
         for collector in self.collectors:
             collector.close()
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        return {_key(collector): collector.state_dict() for collector in self.collectors}
+
+    def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
+        for collector in self.collectors:
+            if _key(collector) in states:
+                collector.load_state_dict(states[_key(collector)])
+
+
+def _key(collector: Collector) -> str:
+    return getattr(collector, "name", type(collector).__name__)

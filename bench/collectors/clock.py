@@ -70,8 +70,10 @@ class ClockCollector(Collector):
         self._started = time.perf_counter()
         self._total = dict.fromkeys(WINDOW_KINDS, 0.0)
         self._phase = dict.fromkeys(WINDOW_KINDS, 0.0)  # reset when a phase ends, so building the next counts
-        self._seconds_of_step = [0.0]  # reference seconds of each step of the phase
-        self._full_of_step = [math.nan]  # calibrated full step seconds (forward, backward, update) of each step
+        # (reference seconds, calibrated full step seconds: forward, backward, update) by variant key, the phase's
+        # variant (None: one key, None) and its planned steps
+        self._times: dict = {None: (0.0, math.nan)}
+        self._variant, self._planned = None, 1
         self._signature, self._reference_source, self._loads = "", "", []
         self._reference_done = 0.0  # reference seconds of finished phases
         self._steps_done = 0  # optimizer steps of finished phases
@@ -82,38 +84,44 @@ class ClockCollector(Collector):
 
     def start_phase(self, phase: Phase, batch: dict[str, torch.Tensor], steps: int = 1) -> None:
         table = self.run.calibration
-        seconds_of_step, full_of_step, signatures, sources = {}, {}, [], set()
-        for run in phase.steps_by_variant(max(steps, 1)).values():
+        times, signatures, sources = {}, [], set()
+        for key, run in phase.steps_by_variant(max(steps, 1)).items():
             signature = phase_signature(phase, batch, run[0])
             timing = table.get(signature) if table is not None else None
             if timing is not None:
-                seconds, full = timing.step_s, timing.full_step_s
+                times[key] = (timing.step_s, timing.full_step_s)
                 sources.add("comparison calibration")
             else:
-                seconds, full = median_step_seconds(phase, batch, step=run[0]) * self.run.accumulation, math.nan
+                times[key] = (median_step_seconds(phase, batch, step=run[0]) * self.run.accumulation, math.nan)
                 sources.add("phase calibration" + (" (signature not in the comparison's table)" if table else ""))
             signatures.append(signature)
-            seconds_of_step |= dict.fromkeys(run, seconds)
-            full_of_step |= dict.fromkeys(run, full)
-        self._seconds_of_step = [seconds_of_step[step] for step in range(len(seconds_of_step))]
-        self._full_of_step = [full_of_step[step] for step in range(len(full_of_step))]
+        self._times, self._variant, self._planned = times, phase.variant, max(steps, 1)
         self._signature = "+".join(sorted(set(signatures)))
         self._reference_source = " + ".join(sorted(sources))
         self._loads = []
 
+    def _step_times(self, steps: int) -> list[tuple[float, float]]:
+        """(reference, full) seconds of the phase's first `steps` steps (steps past the plan at the last one's)."""
+        variant = self._variant
+        planned = [self._times[variant(step) if variant else None] for step in range(min(steps, self._planned))]
+        last = self._times[variant(self._planned - 1) if variant else None]
+        return planned + [last] * (steps - len(planned))
+
+    def _uniform(self) -> bool:
+        return len({seconds for seconds, _ in self._times.values()}) == 1
+
     def _reference(self, steps: int) -> float:
-        """Reference seconds of the phase's first `steps` steps (steps past the plan at the last step's time).
-        A phase of one step time is charged steps x that time exactly."""
-        seconds = self._seconds_of_step
-        if len(set(seconds)) == 1:
-            return steps * seconds[0]
-        if steps <= len(seconds):
-            return math.fsum(seconds[:steps])
-        return math.fsum(seconds) + (steps - len(seconds)) * seconds[-1]
+        """Reference seconds of the phase's first `steps` steps. A phase of one step time is charged steps x
+        that time exactly."""
+        if self._uniform():
+            return steps * next(iter(self._times.values()))[0]
+        return math.fsum(seconds for seconds, _ in self._step_times(steps))
 
     def _calibrated_full(self, steps: int) -> float:
         """Mean calibrated full step time of the phase's first `steps` steps (NaN when one is not in the table)."""
-        full = self._full_of_step[:steps] + [self._full_of_step[-1]] * max(0, steps - len(self._full_of_step))
+        if len({full for _, full in self._times.values()}) == 1 and steps:
+            return next(iter(self._times.values()))[1]
+        full = [full for _, full in self._step_times(steps)]
         return math.fsum(full) / len(full) if full else math.nan
 
     @contextlib.contextmanager
@@ -151,7 +159,7 @@ class ClockCollector(Collector):
         reference = self._reference(steps)
         self._reference_done += reference
         self._steps_done += steps
-        uniform = len(set(self._seconds_of_step)) == 1
+        uniform = self._uniform()
         slowdown = (self._phase["train"] / steps / self._calibrated_full(steps)) if steps else math.nan
         judged = steps >= MIN_JUDGED_STEPS and math.isfinite(slowdown)
         row = {
@@ -160,7 +168,7 @@ class ClockCollector(Collector):
             "overhead_s": self._phase["overhead"],
             "reference_s": reference,
             # the table's value itself for a phase of one step time; the mean over variants otherwise
-            "reference_step_s": self._seconds_of_step[0] if uniform or not steps else reference / steps,
+            "reference_step_s": self._step_times(1)[0][0] if uniform or not steps else reference / steps,
             "reference_source": self._reference_source,
             "signature": self._signature,
             "load_avg": statistics.fmean(self._loads) if self._loads else math.nan,
@@ -172,3 +180,18 @@ class ClockCollector(Collector):
         }
         self._phase = dict.fromkeys(WINDOW_KINDS, 0.0)
         return row
+
+    def state_dict(self) -> dict[str, Any]:
+        """Seconds so far (run and phase, by window kind), wall time, the finished phases' reference time, and
+        the phase's step times (as they were measured when it started)."""
+        return {"total": dict(self._total), "phase": dict(self._phase), "wall_s": time.perf_counter() - self._started,
+                "reference_done": self._reference_done, "steps_done": self._steps_done, "loads": list(self._loads),
+                "times": dict(self._times), "signature": self._signature,
+                "reference_source": self._reference_source}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._total, self._phase = dict(state["total"]), dict(state["phase"])
+        self._started = time.perf_counter() - state["wall_s"]
+        self._reference_done, self._steps_done = state["reference_done"], state["steps_done"]
+        self._loads, self._times = list(state["loads"]), dict(state["times"])
+        self._signature, self._reference_source = state["signature"], state["reference_source"]

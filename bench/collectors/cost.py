@@ -49,10 +49,15 @@ def load_prices(path: str | Path | None = None, overrides: dict[str, float] | No
     A missing, unreadable or malformed file, or a bad override, is a BenchError."""
     origin = str(path) if path is not None else "bench/prices.toml"
     try:
-        text = Path(path).read_text() if path is not None else files("bench").joinpath("prices.toml").read_text()
-        prices = tomllib.loads(text)
+        raw = Path(path).read_bytes() if path is not None else files("bench").joinpath("prices.toml").read_bytes()
     except OSError as error:
         raise BenchError(f"cannot read price file {origin}: {error.strerror or error}") from None
+    if b"\0" in raw:
+        raise BenchError(f"price file {origin} is binary (it contains NUL bytes), not a TOML text file")
+    try:
+        prices = tomllib.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise BenchError(f"price file {origin} is not UTF-8 text, so not a TOML file") from None
     except tomllib.TOMLDecodeError as error:
         raise BenchError(f"price file {origin} is not valid TOML: {error}") from None
     _validate(prices, origin)

@@ -247,6 +247,23 @@ class EnergyCollector(Collector):
     def end_phase(self, steps: int, row: dict[str, Any]) -> dict[str, Any]:
         return self._columns(_Component.phase_value)
 
+    def state_dict(self) -> dict[str, Any]:
+        """kWh so far by component and window kind (run and phase), and each meter's label."""
+        return {name: {"method": c.method, "run_kwh": dict(c.run_kwh), "phase_kwh": dict(c.phase_kwh),
+                       "failed_this_phase": c.failed_this_phase} for name, c in self.components.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The earlier sessions' kWh; a meter that had failed stays unavailable for the run (its totals miss
+        what it did not measure)."""
+        for name, saved in state.items():
+            component = self.components.get(name)
+            if component is None:
+                continue
+            component.run_kwh, component.phase_kwh = dict(saved["run_kwh"]), dict(saved["phase_kwh"])
+            component.failed_this_phase = component.failed_this_phase or saved["failed_this_phase"]
+            if not _Component(saved["method"]).working and component.working:
+                component.method = saved["method"]
+
     def close(self) -> None:
         if self._gpu is not None:
             with contextlib.suppress(pynvml.NVMLError):

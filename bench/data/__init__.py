@@ -27,6 +27,7 @@ from bench.data.corpus import (
 from bench.data.tokenizer import (
     TOKENIZER_FORMAT,
     TokenizedCorpus,
+    load_pretrained_tokenizer,
     load_tokenizer,
     tokenize_corpus,
     tokenizer_fingerprint,
@@ -35,6 +36,6 @@ from bench.data.tokenizer import (
 __all__ = [
     "BUILTIN_PACKAGES", "CORPUS_FORMAT", "MIN_WORDS", "TOKENIZER_FORMAT", "VALIDATION_FRACTION", "VALIDATION_SEED",
     "BatchStream", "Corpus", "PackageRoot", "SourceUnit", "TokenizedCorpus", "builtin_package_roots", "cache_root",
-    "extract_docstring_corpus", "load_corpus", "load_tokenizer", "mask_tokens", "prose_paragraphs",
+    "extract_docstring_corpus", "load_corpus", "load_pretrained_tokenizer", "load_tokenizer", "mask_tokens", "prose_paragraphs",
     "tokenize_corpus", "tokenizer_fingerprint", "validation_batches",
 ]

@@ -123,6 +123,32 @@ def load_tokenizer(
     return PreTrainedTokenizerFast.from_pretrained(directory)
 
 
+# What a folder holds when it holds a tokenizer (transformers builds an empty one from a folder that has none).
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json", "spiece.model",
+                    "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def load_pretrained_tokenizer(where: str, local: bool, what: str, hint: str = "") -> PreTrainedTokenizerFast:
+    """The Hugging Face tokenizer saved with a checkpoint: a local folder (`local`), or a hub id the user named.
+    BenchError, naming `what` (and adding `hint`), when there is none or it is not a fast (Rust) tokenizer."""
+    if local and not any((Path(where) / name).is_file() for name in _TOKENIZER_FILES):
+        raise BenchError(f"{what} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES[:4])}){hint}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local)
+    except Exception as error:  # a missing or unreadable tokenizer is the user's input, whatever raised it
+        if isinstance(error, OSError) and getattr(error, "errno", None) is not None:
+            raise  # an I/O error of the machine
+        text = str(error).strip()
+        raise BenchError(f"cannot load the tokenizer of {what}: {text.splitlines()[0] if text else error!r}"
+                         f"{hint}") from None
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise BenchError(f"the tokenizer of {what} ({type(tokenizer).__name__}) is not a fast (Rust) tokenizer, "
+                         "which growbench needs to encode the corpus")
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise BenchError(f"{what} holds a tokenizer with no tokens but its special ones{hint}")
+    return tokenizer
+
+
 # ----------------------------------------------------------------------------------------------
 # Token ids
 

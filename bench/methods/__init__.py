@@ -4,16 +4,18 @@ point) that registers a class yielding phases; nothing else needs editing to add
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from bench.errors import BenchError
 from bench.phases import Phase
 from bench.registry import Registry
-from bench.sizes import Pair
+from bench.sizes import Pair, Size
 
 
 @dataclass
@@ -26,17 +28,26 @@ class GrowthContext:
     seq_len: int
     pad_token_id: int
     seed: int
+    # A parent checkpoint's config (`--small-from`): every model built takes everything but its shape from it
+    # (vocabulary, positions, type vocabulary, special ids); None: growbench's own configs (vocab_size, seq_len).
+    base: PretrainedConfig | None = None
+
+    def build(self, size: Size) -> PreTrainedModel:
+        """A model of `size` with transformers' default random init, seeded by the run's seed."""
+        return size.build(self.vocab_size, self.seq_len, self.seed, self.pad_token_id, self.base)
 
     def build_large(self) -> PreTrainedModel:
         """LARGE with transformers' default random init, seeded by the run's seed."""
-        return self.pair.large.build(self.vocab_size, self.seq_len, self.seed, self.pad_token_id)
+        return self.build(self.pair.large)
 
 
 class Method:
     """Base class: a registered name, a settings dataclass, and `phases()`.
 
     `Settings` is a dataclass of the method's knobs; `--method-arg NAME.FIELD=VALUE` overrides
-    them and the run records them.
+    them and the run records them. A `validate(self, pair)` method on it (pair: the `Pair`, or None
+    when not known yet) range-checks them, raising BenchError; `make_method` calls it, so that a bad
+    setting is refused before anything is prepared or trained.
     """
 
     name: ClassVar[str]
@@ -63,8 +74,47 @@ def method_names() -> list[str]:
     return list(_REGISTRY.classes())
 
 
-def make_method(name: str, args: dict[str, str] | None = None) -> Method:
-    """The method `name` with its settings overridden by `args` ({field: text value})."""
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _setting_value(name: str, key: str, text: str, current):
+    """`text` as the type of the setting's default (bool: true/false, yes/no, 1/0, on/off)."""
+    if isinstance(current, bool):
+        if text.strip().lower() in _TRUE + _FALSE:
+            return text.strip().lower() in _TRUE
+        raise BenchError(f"{name}.{key}={text!r} is not a valid bool (use true or false)")
+    try:
+        return type(current)(text)
+    except (TypeError, ValueError):
+        raise BenchError(f"{name}.{key}={text!r} is not a valid {type(current).__name__}") from None
+
+
+def validate_settings(name: str, settings, pair: Pair | None = None) -> None:
+    """BenchError when a setting is out of range: every float must be finite, and the settings' own `validate(pair)`
+    hook (a method's range checks; `pair` None when it is not known yet) must pass."""
+    check = getattr(settings, "validate", None)
+    if callable(check):
+        check(pair)
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BenchError(f"{name}.{field.name} must be a finite number, got {value}")
+
+
+def check_method_args(method_args: dict[str, dict[str, str]], chosen: list[str], option: str) -> None:
+    """A --method-arg for a method that does not run is a mistake (most often a typo): refuse it."""
+    for method, settings in method_args.items():
+        if method in chosen:
+            continue
+        close = difflib.get_close_matches(method, [*chosen, *method_names()], n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        named = ", ".join(f"{method}.{setting}" for setting in settings)
+        raise BenchError(f"--method-arg {named}: method {method!r} is not {option} ({', '.join(chosen)}){hint}")
+
+
+def make_method(name: str, args: dict[str, str] | None = None, pair: Pair | None = None) -> Method:
+    """The method `name` with its settings overridden by `args` ({field: text value}), validated (with `pair`'s
+    shapes when given), so that a bad setting is a BenchError before anything trains."""
     classes = _REGISTRY.classes()
     if name not in classes:
         raise BenchError(f"unknown method {name!r}; known methods: {', '.join(classes)}")
@@ -74,10 +124,6 @@ def make_method(name: str, args: dict[str, str] | None = None) -> Method:
     for key, text in (args or {}).items():
         if key not in fields:
             raise BenchError(f"method {name} has no setting {key!r}; it has: {', '.join(fields) or 'none'}")
-        current = getattr(settings, key)
-        try:
-            value = (text.lower() in ("1", "true", "yes")) if isinstance(current, bool) else type(current)(text)
-        except ValueError:
-            raise BenchError(f"{name}.{key}={text!r} is not a valid {type(current).__name__}") from None
-        setattr(settings, key, value)
+        setattr(settings, key, _setting_value(name, key, text, getattr(settings, key)))
+    validate_settings(name, settings, pair)
     return cls(settings)

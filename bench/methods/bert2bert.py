@@ -48,6 +48,18 @@ class Bert2BERT(Method):
         width_seed_offset: int = 1  # the width maps are drawn from the run's seed + this
         sample_seed_offset: int = 2  # the sub-model of each stage-1 step is drawn from the run's seed + this
 
+        def validate(self, pair=None) -> None:
+            if self.width not in ("aki", "fpi"):
+                raise BenchError(f"bert2bert.width must be aki or fpi, got {self.width!r}")
+            if not 0 <= self.stage1_share < 1:
+                raise BenchError(f"bert2bert.stage1_share must be in [0, 1), got {self.stage1_share}")
+            if self.block_layers < 0:
+                raise BenchError(f"bert2bert.block_layers must be >= 0 (0: half the parent's depth), "
+                                 f"got {self.block_layers}")
+            if pair is not None and self.block_layers > pair.large.layers:
+                raise BenchError(f"bert2bert.block_layers={self.block_layers} exceeds {pair.large.name}'s "
+                                 f"{pair.large.layers} layers")
+
     def phases(self, ctx: GrowthContext):
         settings = self.settings
         if settings.width not in ("aki", "fpi"):

@@ -45,6 +45,12 @@ class KnowledgeInheritance(Method):
         temperature: float = 2.0  # τ of the KI paper's released script
         distil_fraction: float = 0.35  # the teacher's share of the budget (the paper: 40K of 125K steps)
 
+        def validate(self, pair=None) -> None:
+            if not self.temperature > 0:
+                raise BenchError(f"ki.temperature must be > 0, got {self.temperature}")
+            if not 0 < self.distil_fraction < 1:  # 1 would leave the distil phase last with a share: train.py refuses
+                raise BenchError(f"ki.distil_fraction must be in (0, 1), got {self.distil_fraction}")
+
     def phases(self, ctx: GrowthContext):
         settings = self.settings
         if settings.temperature <= 0 or not 0 < settings.distil_fraction <= 1:

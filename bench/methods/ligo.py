@@ -47,6 +47,7 @@ Choices where the paper and the official code leave room (recorded in the phase'
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -338,6 +339,12 @@ class OperatorSettings:
     operator_lr: float = 1e-3
     operator_warmup_steps: int = 10  # capped at operator_steps
 
+    def validate(self, pair=None) -> None:
+        steps, warmup, lr = self.operator_steps, self.operator_warmup_steps, self.operator_lr
+        if steps < -1 or warmup < 0 or not 0 < lr < math.inf:
+            raise BenchError(f"ligo needs operator_steps >= 0 (or -1, the pair's default), operator_warmup_steps >= 0 "
+                             f"and a finite operator_lr > 0, got {steps}, {warmup} and {lr}")
+
 
 @register_method("ligo")
 class Ligo(Method):
@@ -346,6 +353,11 @@ class Ligo(Method):
     @dataclass
     class Settings(OperatorSettings):
         depth_noise: float = 0.03  # stackbert_noisy's U(0, 0.03) (the official init_noise default)
+
+        def validate(self, pair=None) -> None:
+            super().validate(pair)
+            if self.depth_noise < 0:
+                raise BenchError(f"ligo.depth_noise must be >= 0, got {self.depth_noise}")
 
     def __init__(self, settings: Settings | None = None):
         super().__init__(settings)
@@ -392,8 +404,10 @@ class Ligo(Method):
         def loss(batch: dict[str, torch.Tensor], step: int, progress: float) -> torch.Tensor:
             value = operator(lm_loss, batch)
             losses.setdefault(step, []).append(float(value.detach()))
-            first, last = losses[min(losses)], losses[max(losses)]
-            log["operator_loss_first"], log["operator_loss_last"] = sum(first) / len(first), sum(last) / len(last)
+            if step == 0:  # a run resumed from a checkpoint has its first loss in `log` already
+                log["operator_loss_first"] = sum(losses[0]) / len(losses[0])
+            last = losses[max(losses)]
+            log["operator_loss_last"] = sum(last) / len(last)
             return value
 
         yield Phase(
@@ -417,6 +431,12 @@ class LigoFPI(Ligo):
         operator_lr: float = 3e-4
         alpha: float = StackBERT.Settings.alpha  # the split stackbert grows with
         width_seed_offset: int = StackBERT.Settings.width_seed_offset  # its width maps: the run's seed + this
+
+        def validate(self, pair=None) -> None:
+            super().validate(pair)
+            if not 0.5 < self.alpha < 1:
+                raise BenchError(f"ligo:fpi.alpha must be in (0.5, 1) to break the symmetry of copies, "
+                                 f"got {self.alpha}")
 
     def build_operator(self, ctx: GrowthContext) -> tuple[LigoOperator, dict]:
         large = ctx.build_large()

@@ -27,6 +27,14 @@ class MSLT(Method):
         alpha: float = 0.6  # width: each duplicated unit's contribution split α / 1−α between its copies
         width_seed_offset: int = 1  # the width maps are drawn from the run's seed + this
 
+        def validate(self, pair=None) -> None:
+            if not 0 < self.growth_share < 1:  # 0 would give growth stages of no step: the loop refuses those
+                raise BenchError(f"mslt.growth_share must be in (0, 1), got {self.growth_share}")
+            if self.chunk_layers < 0:
+                raise BenchError(f"mslt.chunk_layers must be >= 0 (0: the parent's depth), got {self.chunk_layers}")
+            if not 0.5 < self.alpha < 1:
+                raise BenchError(f"mslt.alpha must be in (0.5, 1) to break the symmetry of copies, got {self.alpha}")
+
     def phases(self, ctx: GrowthContext):
         settings, large = self.settings, ctx.pair.large
         if not 0 <= settings.growth_share < 1 or settings.chunk_layers < 0:

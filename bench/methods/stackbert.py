@@ -24,6 +24,13 @@ class StackBERT(Method):
         depth: str = "stack"  # or "interleave" (each layer repeated in place)
         width_seed_offset: int = 1  # the width maps are drawn from the run's seed + this
 
+        def validate(self, pair=None) -> None:
+            if not 0.5 < self.alpha < 1:
+                raise BenchError(f"stackbert.alpha must be in (0.5, 1) to break the symmetry of copies, "
+                                 f"got {self.alpha}")
+            if self.depth not in DEPTH_MAPS:
+                raise BenchError(f"stackbert.depth must be one of {', '.join(DEPTH_MAPS)}, got {self.depth!r}")
+
     def phases(self, ctx: GrowthContext):
         if self.settings.depth not in DEPTH_MAPS:
             raise BenchError(f"stackbert.depth must be one of {', '.join(DEPTH_MAPS)}, got {self.settings.depth!r}")
@@ -40,6 +47,12 @@ class ProgressiveStackBERT(Method):
     class Settings:
         stage1_share: float = 0.125  # training L/4 layers
         stage2_share: float = 0.175  # training L/2 layers; L layers train for the rest of the budget
+
+        def validate(self, pair=None) -> None:
+            shares = (self.stage1_share, self.stage2_share)
+            if min(shares) <= 0 or sum(shares) >= 1:  # a stage of share 0 would have no step: the loop refuses it
+                raise BenchError(f"stackbert:progressive: stage1_share and stage2_share must be > 0 and sum to "
+                                 f"less than 1 (the last stage takes the rest), got {shares}")
 
     def phases(self, ctx: GrowthContext):
         shares = (self.settings.stage1_share, self.settings.stage2_share)

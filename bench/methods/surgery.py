@@ -352,8 +352,7 @@ def build_large_at_depth(ctx: GrowthContext, layers: int) -> PreTrainedModel:
     """LARGE's shape and seeded init with `layers` layers: the intermediate models of progressive methods."""
     if layers == ctx.pair.large.layers:
         return ctx.build_large()
-    size = dataclasses.replace(ctx.pair.large, name=f"{ctx.pair.large.name}-{layers}L", layers=layers)
-    return size.build(ctx.vocab_size, ctx.seq_len, ctx.seed, ctx.pad_token_id)
+    return ctx.build(dataclasses.replace(ctx.pair.large, name=f"{ctx.pair.large.name}-{layers}L", layers=layers))
 
 
 @torch.no_grad()

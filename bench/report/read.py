@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.records import DONE, read_json
+from bench.records import DONE, FINISHED, RunDir, read_json, run_name
 
 COSTS: dict[str, str] = {
     "flops": "FLOPs",
@@ -41,6 +41,7 @@ BOOLEAN_COLUMNS = ("plain_large",)
 """phases.csv flags; `plain_large` marks a phase that trains every parameter of the final LARGE model with the plain
 LM loss and no extra forward passes. Runs written before it existed lack the column."""
 COUNTED_STATE = DONE  # only finished runs count; the others are listed with their state
+NOT_STARTED = "not started"  # a run the manifest plans that has no folder yet (another job may train it)
 REFERENCE_METHOD = "scratch"  # the baseline of every saving; its own "savings" only show its seed spread
 
 
@@ -63,6 +64,10 @@ class RunRecord:
     @property
     def counted(self) -> bool:
         return self.state == COUNTED_STATE
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
 
 
 @dataclass
@@ -104,6 +109,7 @@ def _as_boolean(values: pd.Series) -> pd.Series:
 def _read_record(folder: Path, method_from_folder: dict[str, str]) -> RunRecord:
     status_path = folder / "status.json"
     status = _read_object(status_path) if status_path.exists() else {"state": "unknown", "reason": "no status.json"}
+    RunDir(folder).verify()  # a finished run's files must still be the ones it wrote
     stem, _, seed_text = folder.name.rpartition("-s")
     method = status.get("method") or method_from_folder.get(stem, stem)
     seed = status.get("seed", int(seed_text) if seed_text.isdigit() else None)
@@ -138,10 +144,19 @@ def read_run_dir(run_dir: Path) -> RunData:
     runs = [_read_record(folder, method_from_folder) for folder in sorted(runs_dir.iterdir()) if folder.is_dir()]
     if not runs:
         raise BenchError(f"run directory {run_dir} has no runs yet (runs/ is empty)")
+    on_disk = {record.folder for record in runs}
+    seeds = manifest.get("seeds") if isinstance(manifest.get("seeds"), list) else []
+    runs += [RunRecord(method, seed, NOT_STARTED, None, run_name(method, seed), None, None, math.nan)
+             for method in manifest["methods"] for seed in seeds if run_name(method, seed) not in on_disk]
     parent = _read_record(run_dir / "parent", {}) if (run_dir / "parent").is_dir() else None
     if parent is not None:
         parent.method, parent.seed = "parent", None
     return RunData(run_dir, manifest, runs, parent)
+
+
+def unfinished(data: RunData) -> list[str]:
+    """The runs the manifest plans that have not finished (running, failed, not started), as "name (state)"."""
+    return [f"{record.folder} ({record.state})" for record in data.runs if not record.finished]
 
 
 def method_order(data: RunData) -> list[str]:

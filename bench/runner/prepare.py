@@ -3,10 +3,13 @@ unit of every budget, one training step of a size from scratch."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import transformers
+from transformers import PretrainedConfig
 
 from bench import data
 from bench.collectors.cost import load_prices
@@ -14,6 +17,9 @@ from bench.errors import BenchError
 from bench.phases import Phase
 from bench.sizes import Pair, Size, defaults_for
 from bench.train import BatchSource, LoopConfig, OptimConfig, step_flops, step_seconds
+
+if TYPE_CHECKING:
+    from bench.runner.parent import ParentCheckpoint
 
 PARENT_SEED = 0  # the parent is one fixed asset shared by every seed, as in the papers
 
@@ -38,14 +44,24 @@ class Prepared:
     corpus: data.Corpus
     objective: str
     config: DataConfig
+    # A parent checkpoint the user gave: its tokenizer made the token ids, and every model is built from its config
+    # (see `base`). None: growbench's own tokenizer and configs.
+    parent: ParentCheckpoint | None = None
 
     @property
     def tokenizer(self):
         return self.tokenized.tokenizer
 
     @property
+    def base(self) -> PretrainedConfig | None:
+        """The config every model takes all but its shape from (the parent checkpoint's), or None."""
+        return self.parent.config if self.parent is not None else None
+
+    @property
     def vocab_size(self) -> int:
-        return len(self.tokenizer)
+        """The models' vocabulary: the parent checkpoint's (which may be padded beyond its tokenizer), else the
+        tokenizer's."""
+        return self.parent.config.vocab_size if self.parent is not None else len(self.tokenizer)
 
     @property
     def pad_token_id(self) -> int:
@@ -60,14 +76,26 @@ class Prepared:
         return BatchSource(stream.batch, validation, self.config.seq_len * self.config.batch_size)
 
     def fingerprint(self) -> dict:
-        return {"corpus": self.corpus.fingerprint, "tokens": self.tokenized.fingerprint,
-                "vocab_size": self.vocab_size, **asdict(self.config)}
+        fingerprint = {**asdict(self.config), "corpus": self.corpus.fingerprint, "tokens": self.tokenized.fingerprint,
+                       "vocab_size": self.vocab_size}  # the corpus and vocabulary used, not those asked for
+        if self.parent is not None:  # the tokenizer is the parent's (or --tokenizer's), not one growbench trained
+            fingerprint["tokenizer"] = {"from": self.config.tokenizer_dir or self.parent.source,
+                                        "fingerprint": data.tokenizer_fingerprint(self.tokenizer),
+                                        "tokens": len(self.tokenizer)}
+        return fingerprint
 
 
-def prepare_data(pair: Pair, config: DataConfig) -> Prepared:
-    corpus = data.load_corpus(config.corpus)
-    tokenizer = data.load_tokenizer(corpus, pair.family.tokenizer_kind, config.vocab_size, config.tokenizer_dir)
-    return Prepared(data.tokenize_corpus(corpus, tokenizer), corpus, pair.family.objective, config)
+def prepare_data(pair: Pair, config: DataConfig, parent: ParentCheckpoint | None = None) -> Prepared:
+    """The corpus and its token ids. With a `parent` checkpoint the tokenizer is the parent's own (or the one in
+    `config.tokenizer_dir`), checked against the parent's vocabulary and positions before the corpus is read."""
+    if parent is None:
+        corpus = data.load_corpus(config.corpus)
+        tokenizer = data.load_tokenizer(corpus, pair.family.tokenizer_kind, config.vocab_size, config.tokenizer_dir)
+    else:
+        parent.check_positions(config.seq_len)
+        tokenizer = parent.tokenizer(config.tokenizer_dir)
+        corpus = data.load_corpus(config.corpus)
+    return Prepared(data.tokenize_corpus(corpus, tokenizer), corpus, pair.family.objective, config, parent)
 
 
 
@@ -89,6 +117,10 @@ def resolve_device(name: str, dtype: str) -> tuple[torch.device, torch.dtype | N
 
 def loop_config(pair: Pair, device: str = "auto", dtype: str = "auto", lr: float | None = None,
                 eval_points: int = 20, progress_bar: bool = True, label: str = "") -> LoopConfig:
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0):
+        raise BenchError(f"the learning rate (--lr) must be a finite number above 0, got {lr!r}")
+    if isinstance(eval_points, bool) or not isinstance(eval_points, int) or eval_points < 1:
+        raise BenchError(f"eval_points must be a whole number of at least 1, got {eval_points!r}")
     torch_device, autocast = resolve_device(device, dtype)
     optim = OptimConfig() if lr is None else OptimConfig(lr=lr)
     return LoopConfig(optim=optim, eval_points=eval_points, device=torch_device, autocast_dtype=autocast,
@@ -97,7 +129,7 @@ def loop_config(pair: Pair, device: str = "auto", dtype: str = "auto", lr: float
 
 
 def plain_phase(size: Size, prepared: Prepared, seed: int) -> Phase:
-    model = size.build(prepared.vocab_size, prepared.config.seq_len, seed, prepared.pad_token_id)
+    model = size.build(prepared.vocab_size, prepared.config.seq_len, seed, prepared.pad_token_id, prepared.base)
     return Phase("train", model)
 
 
@@ -110,11 +142,12 @@ def scratch_step(size: Size, prepared: Prepared, loop: LoopConfig) -> tuple[floa
 
 
 
-def standalone(size: Size, corpus, tokenizer_dir, device, dtype, lr, progress_bar, label) -> tuple[
-        Prepared, LoopConfig, dict]:
-    """Data, loop settings and prices for a command that works on one size (pretrain, grow)."""
+def standalone(size: Size, corpus, tokenizer_dir, device, dtype, lr, progress_bar, label,
+               parent: ParentCheckpoint | None = None) -> tuple[Prepared, LoopConfig, dict]:
+    """Data, loop settings and prices for a command that works on one size (pretrain, grow; `parent`: the
+    checkpoint grown, whose tokenizer and config the data and models take)."""
     defaults = defaults_for(size)
     prepared_config = DataConfig(corpus, tokenizer_dir, defaults.seq_len, defaults.batch_size, defaults.vocab_size)
     pair = Pair(size, size)
     loop = loop_config(pair, device, dtype, lr, progress_bar=progress_bar, label=label)
-    return prepare_data(pair, prepared_config), loop, load_prices()
+    return prepare_data(pair, prepared_config, parent), loop, load_prices()

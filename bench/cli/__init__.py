@@ -1,0 +1,62 @@
+"""`bench` command line: argument parsing, early validation and exit codes; the work is done by the functions it calls.
+
+Exit codes (bench/errors.py):
+  0    ok
+  1    `bench check` found a regression; or some runs of a comparison failed after the others finished (the
+       failures are listed, then the command that retries them)
+  2    bad input, or an output location that cannot be used (a read-only folder, a file where a folder belongs,
+       permission denied): one line on stderr
+  3    an environment fault (disk full, quota exceeded, out of memory, an I/O error): one line on stderr; for
+       `compare` a second line with the command that continues (`--resume`)
+  4    an internal error (a bug in growbench): one line on stderr
+  130  interrupted: for `compare`, finished runs are kept and the command that continues is printed
+No error prints a traceback; `bench --debug ...` re-raises it, traceback and all.
+
+Everything that can be checked without data is checked before anything is prepared or trained: the pair, the
+methods and each of their settings, the budget, the run selection, the output location, the corpus paths, the
+tokenizer folder, the parent checkpoint's path, the price table, the country and the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from bench import logs
+from bench.cli.commands import COMMANDS
+from bench.cli.parser import apply_config_file, build_parser
+from bench.errors import EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK, exit_code_and_message
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in (argv[:argv.index("--")] if "--" in argv else argv)
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("bench").setLevel(logging.INFO)  # one-off notices such as the first corpus extraction
+    args = None
+    try:
+        args = apply_config_file(build_parser(), argv)
+        args.argv = argv
+        logs.configure("json" if args.log_json else "quiet" if args.quiet
+                       else "lines" if getattr(args, "no_progress", False) else "auto")
+        return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except (Exception, KeyboardInterrupt) as error:
+        if debug:
+            raise
+        code, message = exit_code_and_message(error)
+        resume = getattr(args, "resume_command", None)
+        if code == EXIT_INTERRUPTED:
+            print("interrupted" + ("; finished runs are kept. Continue with:" if resume else ""), file=sys.stderr)
+            if resume:
+                print(f"  {resume}", file=sys.stderr)
+            return code
+        print(f"bench: error: {message}", file=sys.stderr)
+        if resume and code in (EXIT_ENVIRONMENT, EXIT_CHECK_FAILED):
+            print(f"continue with: {resume}", file=sys.stderr)
+        return code

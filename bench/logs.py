@@ -83,7 +83,7 @@ class RunProgress:
                   elapsed_s=round(elapsed, 1), eta_s=None if math.isnan(eta) else round(eta, 1))
         else:
             print(f"{self.label} {self.phase}: step {step}, {100 * budget_spent:.0f}% of budget, val loss "
-                  f"{val_loss:.4f}" + ("" if math.isnan(eta) else f", eta {_duration(eta)}"), flush=True)
+                  f"{val_loss:.4f}" + ("" if math.isnan(eta) else f", eta {human_duration(eta)}"), flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -91,7 +91,11 @@ class RunProgress:
             self.bar = None
 
 
-def _duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+def human_duration(seconds: float) -> str:
+    """`42 s`, `3.5 min`, `2.1 h`, `1.3 days`; `unknown` for NaN or infinity."""
+    if not math.isfinite(seconds):
+        return "unknown"
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"

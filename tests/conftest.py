@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -5,17 +7,36 @@ import torch
 torch.set_num_threads(1)
 
 
+SENTENCES = [
+    "The parser reads the configuration file and returns a dictionary of options.",
+    "Each worker process handles one request at a time and reports its status.",
+    "A tokenizer splits text into pieces that the model maps to vectors.",
+    "Training stops when the validation loss no longer improves for several evaluations.",
+    "The scheduler lowers the learning rate linearly until it reaches zero at the end.",
+    "Weights are saved in the safetensors format so that loading never runs code.",
+]
+
+
+def write_corpus(folder: Path) -> Path:
+    """Twelve small documents of SENTENCES: enough text to train a tokenizer and a few steps on."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(12):
+        paragraphs = [" ".join(SENTENCES[(index + k) % len(SENTENCES)] for k in range(4)) for _ in range(30)]
+        (folder / f"doc{index}.txt").write_text("\n\n".join(f"{p} ({index}.{n})" for n, p in enumerate(paragraphs)))
+    return folder
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    """write_corpus's corpus, and a growbench cache of the test's own."""
+    monkeypatch.setenv("GROWBENCH_CACHE", str(tmp_path / "cache"))
+    return write_corpus(tmp_path / "corpus")
+
+
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
-    """A small text corpus, and a growbench cache of the test module's own (tokenizer and parent trained once)."""
+    """write_corpus's corpus, and a growbench cache shared by the test module (tokenizer and parent trained once)."""
     root = tmp_path_factory.mktemp("corpus")
-    folder = root / "corpus"
-    folder.mkdir()
-    words = ["the", "parser", "reads", "each", "file", "and", "returns", "a", "table", "of", "options", "for",
-             "every", "worker", "in", "turn"]
-    for index in range(6):
-        lines = [" ".join(words[(index + k) % len(words):] + words[:(index + k) % len(words)]) for k in range(60)]
-        (folder / f"doc{index}.txt").write_text("\n\n".join(f"{line} ({index}.{n})" for n, line in enumerate(lines)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GROWBENCH_CACHE", str(root / "cache"))
-        yield folder
+        yield write_corpus(root / "corpus")

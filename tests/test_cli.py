@@ -7,27 +7,6 @@ import pytest
 
 from bench.cli import main
 
-# A small corpus written by the test: enough text to train a tokenizer and a few steps on.
-SENTENCES = [
-    "The parser reads the configuration file and returns a dictionary of options.",
-    "Each worker process handles one request at a time and reports its status.",
-    "A tokenizer splits text into pieces that the model maps to vectors.",
-    "Training stops when the validation loss no longer improves for several evaluations.",
-    "The scheduler lowers the learning rate linearly until it reaches zero at the end.",
-    "Weights are saved in the safetensors format so that loading never runs code.",
-]
-
-
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("GROWBENCH_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for index in range(12):
-        paragraphs = [" ".join(SENTENCES[(index + k) % len(SENTENCES)] for k in range(4)) for _ in range(30)]
-        (folder / f"doc{index}.txt").write_text("\n\n".join(f"{p} ({index}.{n})" for n, p in enumerate(paragraphs)))
-    return folder
-
 
 @pytest.mark.parametrize("argv, message", [
     (["compare", "--pair", "bert-nano:bert-huge"], "unknown size"),

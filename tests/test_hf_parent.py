@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SENTENCES, write_corpus
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -30,24 +31,8 @@ from transformers import (
 from bench.cli import main
 from bench.sizes import Dims, Size, get_size
 
-SENTENCES = [
-    "The parser reads the configuration file and returns a dictionary of options.",
-    "Each worker process handles one request at a time and reports its status.",
-    "A tokenizer splits text into pieces that the model maps to vectors.",
-    "Training stops when the validation loss no longer improves for several evaluations.",
-    "The scheduler lowers the learning rate linearly until it reaches zero at the end.",
-    "Weights are saved in the safetensors format so that loading never runs code.",
-]
 BERT_VOCAB, BERT_POSITIONS = 30522, 512
 FAST = ["--budget-steps", "20", "--seeds", "1", "--eval-points", "1", "--no-progress"]
-
-
-def write_corpus(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(12):
-        paragraphs = [" ".join(SENTENCES[(index + k) % len(SENTENCES)] for k in range(4)) for _ in range(30)]
-        (folder / f"doc{index}.txt").write_text("\n\n".join(f"{p} ({index}.{n})" for n, p in enumerate(paragraphs)))
-    return folder
 
 
 def bert_vocab() -> list[str]:

@@ -95,7 +95,9 @@ def test_resume_with_the_same_settings_skips_finished_runs_and_records_the_sessi
     runner.compare(_config(corpus, out, resume=True), echo=lines.append)
     assert "scratch-s0: done already, skipped" in lines and "stackbert-s0: done already, skipped" in lines
     assert _digest(out / "runs") == _digest(finished / "runs")
-    assert len(read_json(out / "manifest.json")["sessions"]) == 1
+    manifest = read_json(out / "manifest.json")
+    assert len(manifest["sessions"]) == 1
+    assert manifest["data"]["corpus"] and manifest["data"]["tokens"]  # the fingerprints of what was used, not null
 
 
 def test_fresh_starts_a_comparison_over_and_refuses_a_folder_that_is_not_one(corpus, finished, tmp_path):
@@ -277,3 +279,12 @@ def test_interrupted_setup_waits_for_nobody(corpus, finished, tmp_path):
     started = time.monotonic()
     runner.compare(_config(corpus, out, resume=True), echo=_quiet)
     assert time.monotonic() - started < 60
+
+
+def test_a_budget_too_large_to_plan_is_refused_before_anything_is_written(corpus, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(BenchError, match="more than growbench plans"):
+        runner.compare(_config(corpus, out, budget_steps=10**12), echo=_quiet)
+    assert [path.name for path in out.iterdir()] == [".compare.lock"]
+    runner.compare(_config(corpus, out, methods=["scratch"]), echo=_quiet)  # the same --out, no --resume needed
+    assert RunDir(out / "runs" / "scratch-s0").is_done()

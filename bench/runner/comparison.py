@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import platform
 import re
 import shutil
@@ -38,13 +37,14 @@ from bench.collectors.cost import load_prices
 from bench.errors import BenchError, RunsFailed, is_environment_fault
 from bench.hardware import hardware_fingerprint
 from bench.locks import COMPARE_LOCK, RUN_LOCK, Lock
+from bench.logs import human_duration
 from bench.methods import GrowthContext, check_method_args, make_method
 from bench.records import FAILED, FINISHED, RUNNING, RunDir, read_json, remove_temporaries, run_name, write_json
 from bench.runner import one_run
 from bench.runner.parent import comparison_parent, open_parent
 from bench.runner.prepare import PARENT_SEED, DataConfig, Prepared, loop_config, prepare_data, scratch_step
 from bench.sizes import Pair, parent_pair, parse_pair
-from bench.train import Budget, LoopConfig
+from bench.train import MAX_PHASE_STEPS, Budget, LoopConfig
 
 MANIFEST = "manifest.json"
 
@@ -161,8 +161,8 @@ def _open_run_directory(out: Path, config: CompareConfig, echo) -> None:
     """Refuse an --out that holds something else; with --fresh, empty a previous comparison's."""
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} is a file, not a folder")
-    if not out.exists() or not any(out.iterdir()):
-        return
+    if not out.exists() or all(path.name == COMPARE_LOCK for path in out.iterdir()):
+        return  # new, or left by a comparison refused before it wrote anything
     ours = (out / MANIFEST).exists() or (out / "runs").is_dir()
     if config.fresh:
         if not ours:
@@ -215,6 +215,10 @@ def _set_up(config: CompareConfig, pair: Pair, methods: dict, out: Path, echo) -
     large_flops, large_seconds = scratch_step(pair.large, prepared, loop)
     budget = Budget(config.budget_unit, config.budget_value) if config.budget_value else \
         Budget("flops", large_flops * budget_steps)
+    per_step = {"flops": large_flops, "tokens": prepared.source(0).tokens_per_step, "seconds": large_seconds}
+    if budget.value / per_step[budget.unit] > MAX_PHASE_STEPS:  # refused before anything is written
+        raise BenchError(f"the budget ({budget.value:.3g} {budget.unit}) is {budget.value / per_step[budget.unit]:.3g} "
+                         f"steps of {pair.large.name} from scratch, more than growbench plans ({MAX_PHASE_STEPS:.0e})")
     parent_steps = config.parent_steps or (defaults.quick_parent_steps if config.quick else defaults.parent_steps)
 
     manifest = _manifest(config, pair, budget, large_flops, methods, prepared, loop, prices, parent_steps)
@@ -378,20 +382,11 @@ def _print_estimate(echo, pair, budget, large_flops, large_seconds, runs, parent
     total = runs * steps * large_seconds + parent_s
     echo(f"budget: {budget.value:.3g} FLOPs = {steps:.0f} steps of {pair.large.name} from scratch "
          f"({large_seconds:.3g} s/step here); estimate for {runs} run(s)"
-         f"{' + parent' if parent_steps else ''}: {_human(total)} (eval not included)")
+         f"{' + parent' if parent_steps else ''}: {human_duration(total)} (eval not included)")
     default_steps = pair.defaults.budget_steps
     if abs(steps - default_steps) > 0.5:
-        echo(f"the pair's default budget ({default_steps} steps) would take {_human(default_steps * large_seconds)}"
+        echo(f"the pair's default budget ({default_steps} steps) would take {human_duration(default_steps * large_seconds)}"
              f" per run here")
-
-
-def _human(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "unknown"
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f} {unit}"
-    return f"{seconds:.0f} s"
 
 
 def method_list(text: str) -> list[str]:

@@ -33,6 +33,8 @@ BUDGET_HELP = ("comma-separated budgets, one point each: Nx = N × the pair's re
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `bench sweep`."""
+    from bench.cli.parser import add_data_args  # here: the command line imports this module while it loads
+
     parser.add_argument("--pair", default="bert-nano:bert-micro", help="SMALL:LARGE (default bert-nano:bert-micro)")
     parser.add_argument("--methods", default=DEFAULT_METHODS,
                         help=f"comma-separated methods, scratch first (added when missing); default {DEFAULT_METHODS}")
@@ -57,49 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-share-scratch", action="store_true",
                         help="train scratch again for every parent instead of sharing its runs across parents")
     parser.add_argument("--country", default="WLD", help="ISO-3 country code for carbon intensity")
-    parser.add_argument("--corpus", nargs="+", metavar="PATH", help="text files, folders, globs, or hf:NAME[:CONFIG]")
-    parser.add_argument("--tokenizer", metavar="DIR", help="a saved Hugging Face tokenizer instead of training one")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
-    parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    parser.add_argument("--price-file", metavar="F", help="a prices.toml to use instead of the built-in one")
-    parser.add_argument("--price", action="append", default=[], metavar="KEY=USD",
-                        help="override one price, e.g. H100=2.99 (repeatable)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _key_values(items: list[str], what: str) -> dict[str, str]:
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise BenchError(f"{what} takes KEY=VALUE, got {item!r}")
-        pairs[key.strip()] = value.strip()
-    return pairs
-
-
-def _method_args(items: list[str]) -> dict[str, dict[str, str]]:
-    grouped: dict[str, dict[str, str]] = {}
-    for key, value in _key_values(items, "--method-arg").items():
-        method, sep, setting = key.rpartition(".")
-        if not sep:
-            raise BenchError(f"--method-arg takes METHOD.SETTING=VALUE, got {key!r}")
-        grouped.setdefault(method, {})[setting] = value
-    return grouped
-
-
-def _prices(items: list[str]) -> dict[str, float]:
-    prices = {}
-    for key, value in _key_values(items, "--price").items():
-        try:
-            prices[key] = float(value)
-        except ValueError:
-            raise BenchError(f"--price {key}={value}: not a number") from None
-    return prices
+    add_data_args(parser)
 
 
 def options_from(args: argparse.Namespace):
     """SweepOptions from parsed arguments; BenchError for anything malformed."""
+    from bench.cli.inputs import parse_method_args, parse_prices
     from bench.runner import method_list
     from bench.sweep.points import parse_budgets, parse_parent_steps
     from bench.sweep.run import REFERENCE_METHOD, SweepOptions
@@ -116,20 +81,21 @@ def options_from(args: argparse.Namespace):
     points = [name.strip() for item in args.point or [] for name in item.split(",") if name.strip()] or None
     out = args.out or Path("reports") / f"sweep-{datetime.now():%Y-%m-%d}-{args.pair.replace(':', '_')}"
     return SweepOptions(
-        out=out, pair=args.pair, methods=methods, method_args=_method_args(args.method_arg),
+        out=out, pair=args.pair, methods=methods, method_args=parse_method_args(args.method_arg),
         budgets=parse_budgets(args.budgets), parent_steps=parse_parent_steps(args.parent_steps), seeds=args.seeds,
         quick=args.quick, points=points, resume=args.resume, amortize=amortize,
         share_scratch=not args.no_share_scratch, corpus=args.corpus, tokenizer=args.tokenizer, device=args.device,
-        dtype=args.dtype, lr=args.lr, price_file=args.price_file, prices=_prices(args.price), country=args.country,
+        dtype=args.dtype, lr=args.lr, price_file=args.price_file, prices=parse_prices(args.price), country=args.country,
         progress_bar=not args.no_progress)
 
 
 def run(args: argparse.Namespace, echo=print) -> int:
     """Run (or report) a sweep; the exit code. Bad input raises BenchError (the command line's exit 2)."""
+    from bench.logs import human_duration as human
     from bench.sweep.plots import PLOTS
     from bench.sweep.points import read_plan
     from bench.sweep.report import build_sweep_report
-    from bench.sweep.run import check_fresh, estimate_seconds, human, plan_sweep, run_points, store_plan
+    from bench.sweep.run import check_fresh, estimate_seconds, plan_sweep, run_points, store_plan
 
     if args.report_only:
         if args.out is None:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.logs import human_duration
 from bench.records import DONE, FAILED, RUNNING, RunDir, read_json, run_name, write_json
 from bench.sweep.points import (
     BudgetSpec,
@@ -168,15 +169,6 @@ def estimate_seconds(planned: Planned, points: list[Point], out: Path, eval_poin
             "total": train + evaluate + parents + setup}
 
 
-def human(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "unknown"
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f} {unit}"
-    return f"{seconds:.0f} s"
-
-
 # --------------------------------------------------------------------------- running
 
 
@@ -298,7 +290,7 @@ def run_points(planned: Planned, options: SweepOptions, echo: Callable[[str], No
         write_point_status(point, out, DONE, started=stamp, seconds=seconds, scratch_from=copied)
         outcomes[point.name] = {"state": DONE, "seconds": seconds}
         _point_report(point, out, report, echo)
-        echo(f"{point.name}: done in {human(seconds)}")
+        echo(f"{point.name}: done in {human_duration(seconds)}")
     return outcomes
 
 
@@ -330,5 +322,5 @@ def load_plan(out: Path) -> Plan:
     return read_plan(out)
 
 
-__all__ = ["Planned", "SweepOptions", "check_fresh", "check_options", "estimate_seconds", "human", "load_plan",
+__all__ = ["Planned", "SweepOptions", "check_fresh", "check_options", "estimate_seconds", "load_plan",
            "plan_sweep", "read_point_status", "run_points", "store_plan"]

@@ -4,25 +4,34 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import os
 import platform
+import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 
 import pynvml
 import torch
 
-# Dense (no sparsity) peak FLOP/s from NVIDIA's datasheets (SXM parts unless named). float32 is the
-# non-tensor-core figure: PyTorch trains fp32 without TF32 unless told otherwise.
-PEAK_FLOPS: dict[str, dict[torch.dtype, float]] = {
-    "H200": {torch.bfloat16: 989e12, torch.float16: 989e12, torch.float32: 67e12},
-    "H100": {torch.bfloat16: 989e12, torch.float16: 989e12, torch.float32: 67e12},
-    "H100-PCIE": {torch.bfloat16: 756e12, torch.float16: 756e12, torch.float32: 51e12},
-    "A100-80GB": {torch.bfloat16: 312e12, torch.float16: 312e12, torch.float32: 19.5e12},
-    "A100-40GB": {torch.bfloat16: 312e12, torch.float16: 312e12, torch.float32: 19.5e12},
+TF32 = "tf32"
+"""float32 matrix products on tensor cores (`--dtype tf32`): not a torch dtype, but a peak of its own."""
+
+# Dense (no sparsity) peak FLOP/s from NVIDIA's datasheets (SXM parts unless named), by the math the matrix
+# products run in. float32 is the non-tensor-core figure (`--dtype fp32` turns TF32 off); TF32 is `--dtype tf32`.
+PEAK_FLOPS: dict[str, dict[torch.dtype | str, float]] = {
+    "H200": {torch.bfloat16: 989e12, torch.float16: 989e12, TF32: 494.5e12, torch.float32: 67e12},
+    "H100": {torch.bfloat16: 989e12, torch.float16: 989e12, TF32: 494.5e12, torch.float32: 67e12},
+    "H100-PCIE": {torch.bfloat16: 756e12, torch.float16: 756e12, TF32: 378e12, torch.float32: 51e12},
+    "A100-80GB": {torch.bfloat16: 312e12, torch.float16: 312e12, TF32: 156e12, torch.float32: 19.5e12},
+    "A100-40GB": {torch.bfloat16: 312e12, torch.float16: 312e12, TF32: 156e12, torch.float32: 19.5e12},
     "V100": {torch.float16: 125e12, torch.float32: 15.7e12},
     "T4": {torch.float16: 65e12, torch.float32: 8.1e12},
 }
+PEAK_SOURCE = "dense, NVIDIA datasheet"
+MATH_NAMES: dict[torch.dtype | str, str] = {torch.bfloat16: "bf16", torch.float16: "fp16", TF32: "tf32",
+                                            torch.float32: "fp32"}
 
 # (all substrings of the CUDA device name, model key); the first match wins, so specific names come first.
 _GPU_NAMES: list[tuple[tuple[str, ...], str]] = [
@@ -52,10 +61,82 @@ def device_model(device: torch.device) -> str | None:
     return gpu_model(torch.cuda.get_device_name(device))
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """Dense peak FLOP/s of `device` in `dtype`, or None when unknown (CPUs, unlisted GPUs or dtypes)."""
+def peak_flops(device: torch.device, dtype: torch.dtype | str) -> float | None:
+    """Dense peak FLOP/s of `device` in `dtype` (a torch dtype or TF32), or None when unknown (CPUs, unlisted GPUs
+    or dtypes)."""
     model = device_model(device)
     return PEAK_FLOPS.get(model, {}).get(dtype) if model else None
+
+
+def set_matmul_precision(device: torch.device, tf32: bool) -> None:
+    """On CUDA, let float32 matrix products (and cuDNN) use TF32 tensor cores or not; nothing elsewhere, so that a
+    CPU run is untouched."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def run_math(device: torch.device) -> torch.dtype | str:
+    """The math the loop's matrix products run in, read where the loop's autocast is on (a collector's
+    `start_phase`): the autocast dtype, else TF32 where CUDA allows it, else float32."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return TF32
+    return torch.float32
+
+
+def math_name(device: torch.device, autocast_dtype: torch.dtype | None) -> str:
+    """The name (bf16, tf32, fp32, ...) of the math a loop with `autocast_dtype` runs its matrix products in on
+    `device`, as the CUDA TF32 setting now stands."""
+    if autocast_dtype is not None:
+        return MATH_NAMES.get(autocast_dtype, str(autocast_dtype))
+    return "tf32" if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 else "fp32"
+
+
+CPU_PEAK_SIZE, CPU_PEAK_REPEATS = 768, 5
+
+
+@functools.cache
+def _cpu_matmul_peak(dtype: torch.dtype, threads: int) -> float:
+    left = torch.ones(CPU_PEAK_SIZE, CPU_PEAK_SIZE, dtype=dtype)  # no random numbers: training's RNG is not touched
+    right = torch.ones(CPU_PEAK_SIZE, CPU_PEAK_SIZE, dtype=dtype)
+    torch.mm(left, right)  # warm-up
+    best = math.inf
+    for _ in range(CPU_PEAK_REPEATS):
+        start = time.perf_counter()
+        torch.mm(left, right)
+        best = min(best, time.perf_counter() - start)
+    return 2 * CPU_PEAK_SIZE**3 / best
+
+
+def measured_cpu_peak(dtype: torch.dtype = torch.float32) -> tuple[float, str]:
+    """(FLOP/s, how measured) of this process's CPU: the best of a few square `torch.mm`s on every thread torch
+    uses, measured once per process (a fraction of a second). A measured peak, so noisy on a busy machine."""
+    threads = torch.get_num_threads()
+    peak = _cpu_matmul_peak(dtype, threads)
+    name = MATH_NAMES.get(dtype, str(dtype))
+    return peak, (f"measured matmul peak: {name} {CPU_PEAK_SIZE}x{CPU_PEAK_SIZE} torch.mm, {threads} "
+                  f"thread{'s' if threads > 1 else ''}, best of {CPU_PEAK_REPEATS}")
+
+
+def resolve_peak(device: torch.device, dtype: torch.dtype | str) -> tuple[float | None, str]:
+    """(the peak FLOP/s one process gets from `device`, its source) for MFU: the table's for a known GPU, a measured
+    matmul peak on a CPU, else (None, "unavailable: <why>")."""
+    name = MATH_NAMES.get(dtype, str(dtype))
+    if device.type == "cpu":
+        if dtype not in (torch.float32, torch.bfloat16):
+            return None, f"unavailable: no CPU peak measured for {name}"
+        return measured_cpu_peak(dtype)
+    if device.type != "cuda":
+        return None, f"unavailable: {device.type} not in the peak table"
+    model = device_model(device)
+    if model is None:
+        return None, f"unavailable: {torch.cuda.get_device_name(device)} not in the peak table"
+    peak = PEAK_FLOPS[model].get(dtype)
+    if peak is None:
+        return None, f"unavailable: {model} has no {name} entry in the peak table"
+    return peak, f"{model} {name} {PEAK_SOURCE}"
 
 
 def synchronize(device: torch.device) -> None:

@@ -21,6 +21,7 @@ def _compare_config(args):
     """The comparison's settings, every one checked before anything is prepared or trained."""
     from bench import runner
     from bench.collectors.energy import carbon_intensity
+    from bench.runner.prepare import check_micro_batch
 
     pair = _compare_pair(args.pair, args.small_from)
     methods = runner.method_list(args.methods)
@@ -33,6 +34,7 @@ def _compare_config(args):
     check_output_location(out, "--out")
     prices = check_data_inputs(args)
     carbon_intensity(args.country, prices.get("carbon"))
+    check_micro_batch(args.micro_batch, pair.defaults.batch_size)
     data = None
     if args.corpus or args.tokenizer:
         defaults = pair.defaults
@@ -45,7 +47,7 @@ def _compare_config(args):
         small_from=args.small_from, out=out, resume=args.resume, device=args.device, dtype=args.dtype, lr=args.lr,
         price_file=args.price_file, prices=parse_prices(args.price), country=args.country,
         progress_bar=not args.no_progress, fresh=args.fresh, repair=args.repair, prepare_only=args.prepare,
-        only=only, keep_checkpoints=args.keep_checkpoints,
+        only=only, keep_checkpoints=args.keep_checkpoints, micro_batch=args.micro_batch,
         **{key: given for key, given in optional.items() if given is not None},
     )
 

@@ -32,7 +32,7 @@ PHASE_COLUMNS = {"flops": "flops_executed", "train_s": "train_s", "reference_s":
 
 LABEL_COLUMNS = {"flops_convention": "FLOPs", "device_kind": "device-hours", "energy_method": "energy",
                  "carbon_source": "carbon intensity", "cost_cloud_price": "cloud price",
-                 "cost_energy_price": "electricity price"}
+                 "cost_energy_price": "electricity price", "mfu_peak_source": "MFU peak"}
 """phases.csv columns that say how a number was obtained; report.md lists every value found."""
 
 CURVE_REQUIRED = ("step", "tokens", "flops", "train_s", "phase", "train_loss", "val_loss")

@@ -79,6 +79,7 @@ class CompareConfig:
     only: list[str] | None = None  # run names (e.g. ligo-s2) to train; None = every run
     checkpoint_every: float = 10.0  # minutes between mid-run checkpoints (also taken at eval points)
     keep_checkpoints: bool = False
+    micro_batch: int | None = None  # rows per gradient-accumulation chunk; None: the pair's default
 
 
 @dataclass
@@ -200,7 +201,8 @@ def _set_up(config: CompareConfig, pair: Pair, methods: dict, out: Path, echo) -
     data_config = config.data or DataConfig(seq_len=defaults.seq_len, batch_size=defaults.batch_size,
                                             vocab_size=defaults.vocab_size)
     prices = load_prices(config.price_file, config.prices)
-    loop = loop_config(pair, config.device, config.dtype, config.lr, config.eval_points, config.progress_bar)
+    loop = loop_config(pair, config.device, config.dtype, config.lr, config.eval_points, config.progress_bar,
+                       micro_batch=config.micro_batch, batch_size=data_config.batch_size)
     needs_parent = any(method.needs_parent for method in methods.values())
     checkpoint = parent = None
     if config.small_from:  # a checkpoint the user gave: the data and every model take its tokenizer and config
@@ -324,7 +326,8 @@ def _manifest(config, pair, budget, large_flops, methods, prepared, loop, prices
                                            if prepared.parent is not None else {})},
         "data": prepared.fingerprint(),
         "train": {"optim": asdict(loop.optim), "eval_points": loop.eval_points, "device": str(loop.device),
-                  "autocast": str(loop.autocast_dtype), "micro_batch": loop.micro_batch, "quick": config.quick},
+                  "dtype": config.dtype, "autocast": str(loop.autocast_dtype), "micro_batch": loop.micro_batch,
+                  "quick": config.quick},
         "flop_convention": "1 multiply-add = 2 FLOPs; flops_executed counted by torch FlopCounterMode on one real step",
         "hardware": hardware_fingerprint(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,

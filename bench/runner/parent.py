@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
 from bench import data
 from bench.collectors.cost import load_prices
 from bench.errors import UNUSABLE_PATH, BenchError, is_disk_full, is_out_of_memory
+from bench.hardware import math_name
 from bench.locks import RUN_LOCK, Lock
 from bench.records import RUNNING, RunDir
 from bench.runner.one_run import record_run, train_run
@@ -27,8 +28,13 @@ logger = logging.getLogger(__name__)
 
 
 def parent_key(size: Size, steps: int, prepared: Prepared, loop: LoopConfig) -> str:
+    """What the cached parent depends on, hashed; the device type, the math (autocast dtype, TF32), the
+    micro-batch and the world size are in it, so that a parent trained (and billed) on a CPU is never reused by a GPU
+    comparison, nor a bf16 one by an fp32 one."""
     identity = {"size": asdict(size), "steps": steps, "data": prepared.fingerprint(), "optim": asdict(loop.optim),
-                "seed": PARENT_SEED, "torch": torch.__version__, "transformers": transformers.__version__}
+                "seed": PARENT_SEED, "torch": torch.__version__, "transformers": transformers.__version__,
+                "device": loop.device.type, "dtype": math_name(loop.device, loop.autocast_dtype),
+                "micro_batch": loop.micro_batch, "world_size": getattr(loop, "world_size", 1)}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -14,6 +14,7 @@ from transformers import PretrainedConfig
 from bench import data
 from bench.collectors.cost import load_prices
 from bench.errors import BenchError
+from bench.hardware import set_matmul_precision
 from bench.phases import Phase
 from bench.sizes import Pair, Size, defaults_for
 from bench.train import BatchSource, LoopConfig, OptimConfig, step_flops, step_seconds
@@ -100,7 +101,14 @@ def prepare_data(pair: Pair, config: DataConfig, parent: ParentCheckpoint | None
 
 
 
-def resolve_device(name: str, dtype: str) -> tuple[torch.device, torch.dtype | None]:
+DTYPES = ("auto", "fp32", "tf32", "bf16")
+"""--dtype: fp32 strict float32 (TF32 off on CUDA); tf32 float32 on TF32 tensor cores (CUDA only); bf16 autocast.
+auto: bf16 on CUDA, fp32 on CPU."""
+
+
+def resolve_device(name: str, dtype: str) -> tuple[torch.device, torch.dtype | None, bool]:
+    """(device, autocast dtype or None, whether float32 matrix products may use TF32) of --device and --dtype.
+    tf32 on a CPU is bad input: TF32 is a tensor-core format, and a CPU run asked for it would silently be fp32."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -110,21 +118,44 @@ def resolve_device(name: str, dtype: str) -> tuple[torch.device, torch.dtype | N
     device = torch.device(name)
     if dtype == "auto":
         dtype = "bf16" if device.type == "cuda" else "fp32"
-    if dtype not in ("fp32", "bf16"):
-        raise BenchError(f"unknown dtype {dtype!r}; use auto, fp32 or bf16")
-    return device, torch.bfloat16 if dtype == "bf16" else None
+    if dtype not in DTYPES[1:]:
+        raise BenchError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES[:-1])} or {DTYPES[-1]}")
+    if dtype == "tf32" and device.type != "cuda":
+        raise BenchError("--dtype tf32 needs a CUDA device (TF32 is a tensor-core format); use fp32 on a CPU")
+    return device, torch.bfloat16 if dtype == "bf16" else None, dtype == "tf32"
+
+
+def check_micro_batch(micro_batch: int | None, batch_size: int) -> None:
+    """--micro-batch: a positive whole number of rows that divides the batch (every micro-batch the same shape, so
+    each step costs `accumulation` times the one the collectors measure); at most the batch (the whole batch: no
+    accumulation)."""
+    if micro_batch is None:
+        return
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
+        raise BenchError(f"--micro-batch must be a positive whole number of rows, got {micro_batch!r}")
+    if micro_batch > batch_size:
+        raise BenchError(f"--micro-batch {micro_batch} is larger than the batch ({batch_size} rows)")
+    if batch_size % micro_batch:
+        raise BenchError(f"--micro-batch {micro_batch} does not divide the batch ({batch_size} rows); "
+                         f"use a divisor of {batch_size}")
 
 
 def loop_config(pair: Pair, device: str = "auto", dtype: str = "auto", lr: float | None = None,
-                eval_points: int = 20, progress_bar: bool = True, label: str = "") -> LoopConfig:
+                eval_points: int = 20, progress_bar: bool = True, label: str = "",
+                micro_batch: int | None = None, batch_size: int | None = None) -> LoopConfig:
+    """The loop's settings. `micro_batch` (rows; None: the pair's default, on every device) is checked against
+    `batch_size` (None: the pair's). On CUDA, TF32 is switched on for tf32 and off for fp32 and bf16 (process-wide:
+    one run's settings per process)."""
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0):
         raise BenchError(f"the learning rate (--lr) must be a finite number above 0, got {lr!r}")
     if isinstance(eval_points, bool) or not isinstance(eval_points, int) or eval_points < 1:
         raise BenchError(f"eval_points must be a whole number of at least 1, got {eval_points!r}")
-    torch_device, autocast = resolve_device(device, dtype)
+    check_micro_batch(micro_batch, pair.defaults.batch_size if batch_size is None else batch_size)
+    torch_device, autocast, tf32 = resolve_device(device, dtype)
+    set_matmul_precision(torch_device, tf32)
     optim = OptimConfig() if lr is None else OptimConfig(lr=lr)
     return LoopConfig(optim=optim, eval_points=eval_points, device=torch_device, autocast_dtype=autocast,
-                      micro_batch=pair.defaults.micro_batch if torch_device.type == "cpu" else None,
+                      micro_batch=pair.defaults.micro_batch if micro_batch is None else micro_batch,
                       progress_bar=progress_bar, label=label)
 
 

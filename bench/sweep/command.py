@@ -24,7 +24,7 @@ bench sweep [--pair bert-nano:bert-micro] [--methods scratch,stackbert,bert2bert
             [--budgets 0.5x,1x,2x] [--parent-steps N[,N...]] [--seeds 3] [--quick | --no-quick]
             [--amortize K] [--out DIR] [--resume] [--point NAME[,NAME...]] [--dry-run] [--report-only]
             [--no-extrapolate] [--no-share-scratch] [--method-arg METHOD.SETTING=VALUE]
-            [--corpus PATH ...] [--tokenizer DIR] [--device auto|cpu|cuda] [--dtype auto|fp32|bf16] [--lr LR]
+            [--corpus PATH ...] [--tokenizer DIR] [--device auto|cpu|cuda] [--dtype auto|fp32|tf32|bf16] [--lr LR]
             [--price-file F] [--price KEY=USD] [--country ISO3] [--no-progress]"""
 BUDGET_HELP = ("comma-separated budgets, one point each: Nx = N × the pair's reference budget (its quick budget "
                "with --quick, the default; its default budget with --no-quick), e.g. 0.25x; N or Nsteps = N steps "

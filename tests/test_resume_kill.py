@@ -56,7 +56,8 @@ KILLS = [  # (GROWBENCH_TEST_KILL, exit status, run killed, phase of its newest 
 """The eval points (20) fall at every step or two: a checkpoint each. Phases: scratch's train (20 steps), ligo's
 operator (6), KI's distil (7), bert2BERT's stage 1 (6, checkpoints at 3 and 6), MSLT's growth stage (15)."""
 FORK_SERVER = r"""
-import json, os, sys, traceback
+import json, os, signal, sys, traceback
+signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever SIGINT disposition the test process passed on
 from bench import calibration
 calibration.ROUNDS = calibration.REPEATS = 1
 from bench.cli import main
@@ -172,7 +173,8 @@ def killed(workspace, reference, sessions):
     for number, (kill, _, run, _) in enumerate(KILLS):
         session = compare(sessions, workspace, out, *(["--resume"] if number else []), kill=kill)
         status = json.loads((out / "runs" / run / "status.json").read_text())
-        left.append({"returncode": session.returncode, "stderr": session.stderr, "state": status["state"],
+        left.append({"returncode": session.returncode, "stderr": session.stdout[-2000:] + session.stderr,
+                     "state": status["state"],
                      "checkpoint": newest_checkpoint(out / "runs" / run)})
     final = compare(sessions, workspace, out, "--resume")
     assert final.returncode == 0, final.stderr[-3000:]

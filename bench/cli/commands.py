@@ -46,7 +46,7 @@ def _compare_config(args):
         budget_steps=steps, parent_steps=args.parent_steps, seeds=args.seeds, quick=args.quick, data=data,
         small_from=args.small_from, out=out, resume=args.resume, device=args.device, dtype=args.dtype, lr=args.lr,
         price_file=args.price_file, prices=parse_prices(args.price), country=args.country,
-        progress_bar=not args.no_progress, fresh=args.fresh, repair=args.repair, prepare_only=args.prepare,
+        progress_bar=True, fresh=args.fresh, repair=args.repair, prepare_only=args.prepare,
         only=only, keep_checkpoints=args.keep_checkpoints, micro_batch=args.micro_batch,
         **{key: given for key, given in optional.items() if given is not None},
     )
@@ -124,7 +124,7 @@ def _pretrain(args) -> int:
         check_output_location(args.out, "--out")
     check_data_inputs(args)
     folder = runner.pretrain_command(args.size, args.steps, args.out, args.corpus, args.tokenizer, args.device,
-                                     args.dtype, args.lr, not args.no_progress)
+                                     args.dtype, args.lr, True)
     _result(f"parent: {folder / 'model'} (curve and bill in {folder}/)", parent=folder / "model")
     return EXIT_OK
 
@@ -175,7 +175,7 @@ def _grow(args) -> int:
     check_output_location(args.out, "--out")
     prices = check_data_inputs(args)
     out = runner.grow_command(args.method, args.source, args.to, args.out, method_args, args.seed, args.corpus,
-                              args.tokenizer, args.device, args.dtype, not args.no_progress, prices=prices)
+                              args.tokenizer, args.device, args.dtype, True, prices=prices)
     _result(f"grown checkpoint: {out}", checkpoint=out)
     return EXIT_OK
 

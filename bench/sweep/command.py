@@ -86,7 +86,7 @@ def options_from(args: argparse.Namespace):
         quick=args.quick, points=points, resume=args.resume, amortize=amortize,
         share_scratch=not args.no_share_scratch, corpus=args.corpus, tokenizer=args.tokenizer, device=args.device,
         dtype=args.dtype, lr=args.lr, price_file=args.price_file, prices=parse_prices(args.price), country=args.country,
-        progress_bar=not args.no_progress)
+        progress_bar=True)
 
 
 def run(args: argparse.Namespace, echo=print) -> int:

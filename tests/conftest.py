@@ -1,3 +1,4 @@
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,34 @@ def small_corpus(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GROWBENCH_CACHE", str(root / "cache"))
         yield write_corpus(root / "corpus")
+
+
+@dataclass
+class MicroStep:
+    """One training step of the CPU pair's large model (bert-micro, vocab 8192, batch 16 x 64): the benchmarks'."""
+
+    phase: object  # bench.phases.Phase
+    batch: dict[str, torch.Tensor]
+    optimizer: torch.optim.AdamW
+
+    def train(self, step: int = 0) -> None:
+        self.phase.forward_backward(self.batch, step, 0.0)
+        self.optimizer.step()
+        self.phase.zero_grad()
+
+
+@pytest.fixture(scope="module")
+def micro_step() -> MicroStep:
+    """bert-micro from seed 0 on a fixed MLM batch (15% of positions scored), with its AdamW."""
+    from bench.objective import IGNORE
+    from bench.phases import Phase
+    from bench.sizes import get_size
+
+    vocab, batch, seq = 8192, 16, 64
+    model = get_size("bert-micro").build(vocab, seq, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, vocab, (batch, seq), generator=generator)
+    labels = input_ids.masked_fill(torch.rand(batch, seq, generator=generator) > 0.15, IGNORE)
+    phase = Phase("train", model)
+    phase.prepare()
+    return MicroStep(phase, {"input_ids": input_ids, "labels": labels}, torch.optim.AdamW(phase.trainable, lr=1e-4))

@@ -12,28 +12,18 @@ from bench.collectors import CollectorSet, RunInfo, make_collectors
 from bench.collectors.clock import median_step_seconds
 from bench.collectors.cost import load_prices
 from bench.collectors.flops import FlopsCollector, count_executed_step
-from bench.objective import IGNORE
-from bench.phases import Phase
-from bench.sizes import get_size
 
-VOCAB, BATCH, SEQ, STRETCH = 8192, 16, 64, 50
+STRETCH = 50
 
 
 @pytest.fixture(scope="module")
-def training(tmp_path_factory):
-    model = get_size("bert-micro").build(VOCAB, SEQ, seed=0)
-    generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(5, VOCAB, (BATCH, SEQ), generator=generator)
-    labels = input_ids.masked_fill(torch.rand(BATCH, SEQ, generator=generator) > 0.15, IGNORE)
-    batch = {"input_ids": input_ids, "labels": labels}
-    phase = Phase("train", model)
-    phase.prepare()
-    optimizer = torch.optim.AdamW(phase.trainable, lr=1e-4)
+def training(micro_step, tmp_path_factory):
+    phase, batch = micro_step.phase, micro_step.batch
     run = RunInfo(torch.device("cpu"), tmp_path_factory.mktemp("run"), load_prices())
     collectors = CollectorSet(make_collectors(run))
     with collectors.window("overhead"):
         collectors.start_phase(phase, batch)
-    return phase, batch, optimizer, collectors
+    return phase, batch, micro_step.optimizer, collectors
 
 
 def train_stretch(phase, batch, optimizer):

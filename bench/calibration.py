@@ -226,7 +226,10 @@ def _walk(method_name: str, phases: Iterator[Phase], budget, data, loop, entries
     seed may draw other ones). The generator is run to its end without training. Phases up to the last one
     with variants are planned as the loop plans them (which steps the phase takes decides which variants run),
     with each signature's step cost counted once per calibration (`costs`), not once per phase."""
-    from bench.train import Ledger, StepCosts, autocast, micro_batches, to_device
+    from bench.distributed import world
+    from bench.step import autocast, micro_batches, rank_rows, to_device
+    from bench.step_plan import StepCosts
+    from bench.train import Ledger
 
     class Costs(StepCosts):
         def _step(self, local_step: int) -> tuple[float, float]:
@@ -241,7 +244,8 @@ def _walk(method_name: str, phases: Iterator[Phase], budget, data, loop, entries
     for index, phase in enumerate(built):
         with _on_device(phase, loop.device), autocast(loop):
             phase.prepare()
-            chunks = micro_batches(to_device(data.batch(ledger.step), loop.device), loop.micro_batch)
+            chunks = micro_batches(to_device(rank_rows(data.batch(ledger.step), world()), loop.device),
+                                   loop.micro_batch)
             chunk = chunks[0]
             plan = Costs(phase, ledger, data, loop).plan() if index < planned else [(0.0, 0.0)]
         chunk = {key: value.cpu() for key, value in chunk.items()}
@@ -259,14 +263,14 @@ def _walk(method_name: str, phases: Iterator[Phase], budget, data, loop, entries
 
 def _time(entry: _Entry, loop, repeats: int) -> tuple[float, float]:
     """Median seconds of `repeats` reference steps and full steps of the entry, after one warm-up step."""
-    from bench.train import autocast, to_device
+    from bench.step import autocast, new_optimizer, to_device
 
     phase, device = entry.phase, loop.device
     reference, full = [], []
     with _on_device(phase, device):
         phase.prepare()
         chunk = to_device(entry.chunk, device)
-        optimizer = torch.optim.AdamW(phase.trainable, lr=0.0, weight_decay=0.0)  # the update's work, no change
+        optimizer = new_optimizer(phase.trainable, device, lr=0.0, weight_decay=0.0)  # the update's work, no change
         for attempt in range(repeats + 1):
             synchronize(device)
             start = time.perf_counter()

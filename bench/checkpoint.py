@@ -8,7 +8,8 @@ RUN/checkpoint/
   000012/
     meta.json     where the run was: phase, local step, global step (for people and tests)
     state.pt      the ledger, the phase's step plan, the train losses since the last eval point, the curve and
-                  phase rows so far, the phase's settings, the collectors' running totals, the RNG streams
+                  phase rows so far, the phase's settings, the collectors' running totals (each rank's, under
+                  torchrun), the RNG streams
     optimizer.pt  the training phase's AdamW state
     phase-0.pt    each finished phase's trained model (hard links to the previous checkpoint's files) ...
     phase-2.pt    ... and the training phase's model at the saved step
@@ -46,13 +47,14 @@ from bench.records import atomic_path
 if TYPE_CHECKING:
     from bench.collectors import CollectorSet
     from bench.phases import Phase
-    from bench.train import LoopState, StepPlan
+    from bench.step_plan import StepPlan
+    from bench.train import LoopState
 
 log = logging.getLogger(__name__)
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
-FORMAT = 1
+FORMAT = 2
 LATEST = "LATEST"
 TEST_KILL = "GROWBENCH_TEST_KILL"
 """Tests only: `PHASE:STEP[:INT][:save]` makes the process send itself SIGKILL (SIGINT with `INT`) once it has
@@ -91,32 +93,32 @@ class Checkpoints:
     def enabled(self) -> bool:
         return self.setting is not None and not self._failed
 
-    def due(self, phase: Phase, local_step: int) -> bool:
-        """After a step: whether a checkpoint is due before the next eval point (every_seconds passed)."""
+    def wanted(self, phase: Phase, local_step: int, at_eval: bool) -> bool:
+        """At a point where the loop reads its losses: whether to save a checkpoint there (always at an eval point,
+        between them once every_seconds passed). Under torchrun rank 0 decides, for every rank."""
         if self._kill and not self._kill.in_save and self._kill.matches(phase.name, local_step, exact=True):
             self._kill.fire()
-        return self.enabled and time.monotonic() - self._last >= self.setting.every_seconds
+        return self.enabled and (at_eval or time.monotonic() - self._last >= self.setting.every_seconds)
 
     # ------------------------------------------------------------------------------------------- saving
 
-    def save(self, state: LoopState, phase: Phase, optimizer: torch.optim.Optimizer, collectors: CollectorSet,
-             at_eval: bool) -> None:
-        """A checkpoint at a step boundary: always at an eval point (so every phase's end has one), between
-        them when one is due. Its I/O is logged as overhead. A write that fails (a full disk: OSError, or
-        RuntimeError from torch's writer) stops checkpointing with a warning; the run goes on."""
-        if not self.enabled or not (at_eval or time.monotonic() - self._last >= self.setting.every_seconds):
+    def save(self, state: LoopState, phase: Phase, optimizer: torch.optim.Optimizer, collectors: CollectorSet) -> None:
+        """A checkpoint at a step boundary where `wanted` said so (every rank calls it: the collectors' totals are
+        gathered from all; rank 0 alone writes). Its I/O is logged as overhead. A write that fails (a full disk:
+        OSError, or RuntimeError from torch's writer) stops checkpointing with a warning; the run goes on."""
+        totals = collectors.state_dict()
+        if not self.enabled:
             return
         with collectors.window("overhead"):
             try:
-                self._write(state, phase, optimizer, collectors)
+                self._write(state, phase, optimizer, totals)
             except (OSError, RuntimeError) as error:
                 self._failed = True
                 log.warning("checkpoint: cannot write %s (%s); the run goes on without checkpoints",
                             self.setting.folder, _first_line(error))
         self._last = time.monotonic()
 
-    def _write(self, state: LoopState, phase: Phase, optimizer: torch.optim.Optimizer,
-               collectors: CollectorSet) -> None:
+    def _write(self, state: LoopState, phase: Phase, optimizer: torch.optim.Optimizer, totals: list[dict]) -> None:
         folder, index = self.setting.folder, state.phase_index
         folder.mkdir(parents=True, exist_ok=True)
         self._remove_others()  # what an interrupted save left
@@ -129,7 +131,7 @@ class Checkpoints:
                 _link(source, writing / f"phase-{number}.pt")
             torch.save(_models(phase), writing / f"phase-{index}.pt")
             torch.save(optimizer.state_dict(), writing / "optimizer.pt")
-            torch.save(self._state(state, phase, collectors), writing / "state.pt")
+            torch.save(self._state(state, phase, totals), writing / "state.pt")
             if self._kill and self._kill.in_save and self._kill.matches(phase.name, state.local_step):
                 self._kill.fire()
             meta = {"format": FORMAT, "number": int(name), "phase_index": index, "phase": phase.name,
@@ -159,15 +161,15 @@ class Checkpoints:
             raise AssertionError(f"checkpoint: no checkpoint was saved at the end of phase {index - 1}")
         return [self._current / f"phase-{number}.pt" for number in range(index)]
 
-    def _state(self, state: LoopState, phase: Phase, collectors: CollectorSet) -> dict[str, Any]:
+    def _state(self, state: LoopState, phase: Phase, totals: list[dict]) -> dict[str, Any]:
         ledger = state.ledger
         return {
             "format": FORMAT,
             "ledger": {key: getattr(ledger, key) for key in ("spent", "step", "tokens", "flops", "next_eval")},
             "plan": {"steps": state.plan.steps, "costs": state.plan.costs},
-            "local_step": state.local_step, "losses": list(state.losses), "phase_start": list(state.phase_start),
-            "curve": state.curve, "phase_rows": state.phase_rows, "settings": phase.settings,
-            "collectors": collectors.state_dict(), "rng": rng_state(),
+            "local_step": state.local_step, "loss_sum": state.loss_sum, "loss_steps": state.loss_steps,
+            "phase_start": list(state.phase_start), "curve": state.curve, "phase_rows": state.phase_rows,
+            "settings": phase.settings, "collectors": totals, "rng": rng_state(),
         }
 
     def _remove_others(self) -> None:
@@ -178,9 +180,9 @@ class Checkpoints:
 
     # ------------------------------------------------------------------------------------------- resuming
 
-    def load(self, state: LoopState, identity: dict) -> Saved | None:
-        """The checkpoint to continue from, with `state` (ledger, curve, rows) restored; None to start the run
-        (then, or when the checkpoint cannot be read or is another run's, the folder is emptied)."""
+    def load(self, identity: dict) -> Saved | None:
+        """The checkpoint to continue from; None to start the run (then, or when the checkpoint cannot be read or is
+        another run's, the folder is emptied)."""
         self.identity |= identity
         if self.setting is None:
             return None
@@ -196,7 +198,6 @@ class Checkpoints:
             remove_checkpoints(folder)
             return None
         self._current, self._meta = saved.folder, saved.meta
-        saved.restore_loop(state)
         log.info("%s: continuing from its checkpoint (phase %s, step %d of %d; global step %d)",
                  folder.parent.name, saved.meta["phase"], saved.meta["local_step"], saved.meta["phase_steps"],
                  saved.meta["step"])
@@ -233,11 +234,11 @@ class Saved:
         for key, value in saved["ledger"].items():
             setattr(state.ledger, key, value)
         state.curve, state.phase_rows = saved["curve"], saved["phase_rows"]
-        state.local_step, state.losses = saved["local_step"], saved["losses"]
+        state.local_step, state.loss_sum, state.loss_steps = saved["local_step"], saved["loss_sum"], saved["loss_steps"]
         state.phase_start = tuple(saved["phase_start"])
 
     def plan(self, phase: Phase) -> StepPlan:
-        from bench.train import StepPlan
+        from bench.step_plan import StepPlan
 
         return StepPlan(self.state["plan"]["steps"], self.state["plan"]["costs"], phase.variant)
 

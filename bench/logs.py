@@ -65,8 +65,9 @@ class RunProgress:
         self.bar = tqdm(total=steps, initial=done, desc=f"{self.label} {phase}".strip(), leave=False,
                         dynamic_ncols=True, disable=not (self.enabled and _bars()))
 
-    def step(self, loss: float, lr: float) -> None:
-        self.bar.update(1)
+    def advance(self, steps: int, loss: float, lr: float) -> None:
+        """`steps` more steps done; `loss` their mean train loss."""
+        self.bar.update(steps)
         if not self.bar.disable:
             self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
 

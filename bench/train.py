@@ -10,26 +10,34 @@ cadence for every method; every step is charged its executed FLOPs; the learning
 
 Nothing lost: with `Checkpoints` (bench/checkpoint.py) the loop saves its state at every eval point and every
 so many seconds, and a killed run continues from there to the result it would have had.
+
+The step itself (bench/step.py) does not wait for the GPU: train losses stay on the device until a read point
+(every `read_every` steps, eval points, a phase's end), where they are read once and, under torchrun, agreed
+between the ranks (bench/distributed.py): a non-finite loss on any rank stops every rank there, and rank 0's plan
+and checkpoint decisions are every rank's.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
+from bench import distributed
 from bench.checkpoint import Checkpointing, Checkpoints, Saved
 from bench.collectors import CollectorSet
-from bench.collectors.clock import median_step_seconds
-from bench.collectors.flops import count_executed_step
+from bench.distributed import World
 from bench.errors import BenchError
 from bench.logs import RunProgress
+from bench.objective import with_scored_positions
 from bench.phases import Phase
+from bench.step import Batch, LossMeter, StepBatches, StepLoss, autocast, new_optimizer, optimizer_step, to_device
+from bench.step_plan import MAX_PHASE_STEPS, StepCosts, StepPlan, step_flops, step_seconds
 
-Batch = dict[str, torch.Tensor]
+__all__ = ["MAX_PHASE_STEPS", "StepCosts", "StepPlan", "step_flops", "step_seconds"]  # the plan, from bench.step_plan
 BUDGET_UNITS = ("flops", "tokens", "seconds")
 
 
@@ -75,9 +83,14 @@ class LoopConfig:
     eval_points: int = 20  # eval every budget/eval_points, the same cadence for every method
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     autocast_dtype: torch.dtype | None = None  # torch.bfloat16 on GPU
-    micro_batch: int | None = None  # gradient-accumulation chunk size (rows), None = whole batch
+    micro_batch: int | None = None  # gradient-accumulation chunk size (rows of a process's slice), None = whole slice
     progress_bar: bool = True
     label: str = ""  # shown in the progress bar, e.g. "ligo s0"
+    read_every: int | None = None  # steps between reads of the train loss (a sync); None: 1 on a CPU, 50 on a GPU
+
+    @property
+    def steps_between_reads(self) -> int:
+        return self.read_every or (1 if self.device.type == "cpu" else 50)
 
 
 @dataclass
@@ -93,10 +106,12 @@ class RunResult:
 class BatchSource:
     """What the loop needs from the data: the step's batch and the fixed validation batches."""
 
-    def __init__(self, batch: Callable[[int], Batch], validation: list[Batch], tokens_per_step: int):
+    def __init__(self, batch: Callable[[int], Batch], validation: list[Batch], tokens_per_step: int,
+                 causal: bool = False):
         self.batch = batch
         self.validation = validation
         self.tokens_per_step = tokens_per_step
+        self.causal = causal  # which predictions the loss scores: next tokens (causal LM), or masked ones
 
 
 class Ledger:
@@ -134,7 +149,8 @@ class LoopState:
     phase_index: int = 0  # the training phase's place in the method's sequence
     plan: StepPlan | None = None  # the training phase's steps and their costs
     local_step: int = 0  # its steps done
-    losses: list[float] = field(default_factory=list)  # train losses since the last eval point
+    loss_sum: float = 0.0  # train losses since the last eval point, summed
+    loss_steps: int = 0  # ... over this many steps
     phase_start: tuple[int, int, float] = (0, 0, 0.0)  # ledger step, tokens, FLOPs when the phase started
 
 
@@ -149,42 +165,170 @@ def train_phases(
     from a saved one: the method's phases are built again from the start, those that had finished get their
     trained state (no training), and the one that was training continues at its saved step."""
     checkpoints = checkpoints or Checkpoints(None)
+    world = distributed.world()
     state = LoopState(Ledger(budget, config.eval_points))
-    saved = checkpoints.load(state, identity={"budget": [budget.unit, budget.value],
-                                              "eval_points": config.eval_points,
-                                              "tokens_per_step": data.tokens_per_step})
-    progress = RunProgress(config.label, config.progress_bar, spent_at_start=state.ledger.progress)
-    phase, optimizer = None, None
-    for index in itertools.count():
-        with collectors.window("overhead"):  # building a phase is growth surgery or materialisation
-            built = next(phases, None)
-        if built is None:
-            break
-        phase = built
-        if init_only and not phase.fits_init:
-            for module in (phase.model, phase.eval_model):
-                module.to(config.device)
-            _evaluate(phase, state, data, config, collectors, train_loss=math.nan)
-            return RunResult(state.curve, state.phase_rows, phase.eval_model, state.curve[-1]["val_loss"])
-        optimizer = _optimizer_for(phase, optimizer, config.optim)
-        _to_device(phase, config.device)
-        state.phase_index = index
-        if saved and index < saved.phase_index:  # trained before the checkpoint: its trained state, no training
-            saved.restore_finished(phase, state)
-            continue
-        row, diverged = _train_phase(phase, optimizer, state, data, config, collectors, checkpoints, progress,
-                                     saved if saved and index == saved.phase_index else None)
-        state.phase_rows.append(row)
-        if diverged:
-            return RunResult(state.curve, _mark_plain_large(state.phase_rows, phase.eval_model), phase.eval_model,
-                             math.nan, diverged=diverged)
-    if phase is None:
-        raise ValueError("the method yielded no phase")
-    if phase.share is not None or phase.steps is not None:
-        raise ValueError(f"phase {phase.name!r} is the last one, so it must take the rest of the budget "
-                         "(no share, no fixed steps)")
-    return RunResult(state.curve, _mark_plain_large(state.phase_rows, phase.eval_model), phase.eval_model,
-                     state.curve[-1]["val_loss"])
+    saved = distributed.broadcast(checkpoints.load({"budget": [budget.unit, budget.value],
+                                                    "eval_points": config.eval_points,
+                                                    "tokens_per_step": data.tokens_per_step}))
+    if saved is not None:
+        saved.restore_loop(state)
+    batches = StepBatches(data.batch, data.causal, config.micro_batch, config.device, world)
+    validation = [with_scored_positions(batch, data.causal) for batch in data.validation] if world.leader else []
+    progress = RunProgress(config.label, config.progress_bar and world.leader, spent_at_start=state.ledger.progress)
+    run = _Run(state, data, batches, validation, config, collectors, checkpoints, progress, world)
+    try:
+        return run.phases(phases, init_only, saved)
+    finally:
+        batches.close()
+
+
+@dataclass
+class _Run:
+    """What one run's phases share while the loop trains them."""
+
+    state: LoopState
+    data: BatchSource
+    batches: StepBatches
+    validation: list[Batch]
+    config: LoopConfig
+    collectors: CollectorSet
+    checkpoints: Checkpoints
+    progress: RunProgress
+    world: World
+
+    def phases(self, phases: Iterator[Phase], init_only: bool, saved: Saved | None) -> RunResult:
+        state, config, collectors = self.state, self.config, self.collectors
+        phase, optimizer = None, None
+        for index in itertools.count():
+            # building a phase is growth surgery or materialisation, in the run's dtype (LiGO's grown weights are
+            # those its bf16 operator phase computed)
+            with collectors.window("overhead"), autocast(config):
+                built = next(phases, None)
+            if built is None:
+                break
+            phase = built
+            if init_only and not phase.fits_init:
+                for module in (phase.model, phase.eval_model):
+                    module.to(config.device)
+                self.evaluate(phase, train_loss=math.nan)
+                return RunResult(state.curve, state.phase_rows, phase.eval_model, state.curve[-1]["val_loss"])
+            _to_device(phase, config.device)
+            optimizer = _optimizer_for(phase, optimizer, config.optim, config.device)
+            state.phase_index = index
+            if saved and index < saved.phase_index:  # trained before the checkpoint: its trained state, no training
+                saved.restore_finished(phase, state)
+                continue
+            row, diverged = self.train_phase(phase, optimizer, saved if saved and index == saved.phase_index else None)
+            state.phase_rows.append(row)
+            if diverged:
+                return RunResult(state.curve, _mark_plain_large(state.phase_rows, phase.eval_model), phase.eval_model,
+                                 math.nan, diverged=diverged)
+        if phase is None:
+            raise ValueError("the method yielded no phase")
+        if phase.share is not None or phase.steps is not None:
+            raise ValueError(f"phase {phase.name!r} is the last one, so it must take the rest of the budget "
+                             "(no share, no fixed steps)")
+        return RunResult(state.curve, _mark_plain_large(state.phase_rows, phase.eval_model), phase.eval_model,
+                         state.curve[-1]["val_loss"])
+
+    def train_phase(self, phase: Phase, optimizer: torch.optim.AdamW,
+                    saved: Saved | None = None) -> tuple[dict, str | None]:
+        """Train one phase to its share of the budget (from where `saved` left it); (its phases.csv row, divergence
+        reason or None)."""
+        state, config, collectors, world = self.state, self.config, self.collectors, self.world
+        ledger = state.ledger
+        with collectors.window("overhead"), autocast(config):
+            if saved is None:
+                plan = StepCosts(phase, ledger, self.data, config).plan() if world.leader else None
+                state.plan = _shared_plan(plan, phase)  # rank 0 plans, every rank takes the same steps
+                state.local_step, state.loss_sum, state.loss_steps = 0, 0.0, 0
+                state.phase_start = (ledger.step, ledger.tokens, ledger.flops)
+            else:  # the rest of `state` came with the checkpoint
+                state.plan = saved.plan(phase)
+            collectors.start_phase(phase, self.batches.example(state.phase_start[0]), len(state.plan))
+            if saved is not None:
+                saved.restore_phase(phase, optimizer, collectors)  # weights, AdamW, collectors' totals, RNG streams
+        if saved is None:
+            self.evaluate(phase, train_loss=math.nan)
+
+        plan, loss_of, meter = state.plan, StepLoss.of(phase, config.device, world), LossMeter(config.device)
+        self.progress.start_phase(phase.name, len(plan), state.local_step)
+        diverged, save = None, False
+        while state.local_step < len(plan) and not diverged:
+            phase.model.train()
+            with collectors.window("train"):  # one window per stretch between eval points (and checkpoints)
+                while state.local_step < len(plan):
+                    flops, units = plan[state.local_step]
+                    lr = _phase_lr(phase, state.local_step, len(plan), config.optim, ledger.progress)
+                    loss = optimizer_step(loss_of, phase.trainable, optimizer, lr, self.batches.get(ledger.step),
+                                          state.local_step, ledger.progress, config.optim.grad_clip, config, world,
+                                          ledger.step + 1)
+                    ledger.step, ledger.tokens = ledger.step + 1, ledger.tokens + self.data.tokens_per_step
+                    ledger.flops, ledger.spent = ledger.flops + flops, ledger.spent + units
+                    state.local_step += 1
+                    meter.add(loss, ledger.step)
+                    at_eval = ledger.eval_due() or state.local_step == len(plan)
+                    if not (at_eval or state.local_step % config.steps_between_reads == 0):
+                        continue
+                    wanted = world.leader and self.checkpoints.wanted(phase, state.local_step, at_eval)
+                    reading = meter.read(world, flag=wanted)  # rank 0's checkpoint decision goes to every rank
+                    state.loss_sum, state.loss_steps = state.loss_sum + reading.loss_sum, state.loss_steps + reading.steps
+                    self.progress.advance(reading.steps, reading.loss_sum / reading.steps, lr)
+                    if not reading.finite:
+                        diverged = (f"loss became {_non_finite(reading.loss_sum)} at step {reading.first_bad_step} "
+                                    f"(phase {phase.name})")
+                        break
+                    save = reading.flagged
+                    if save or at_eval:
+                        break
+            if diverged:
+                break
+            if ledger.eval_due() or state.local_step == len(plan):
+                self.evaluate(phase, state.loss_sum / state.loss_steps)
+                self.progress.eval_point(ledger.step, ledger.progress, state.curve[-1]["val_loss"],
+                                         state.loss_sum / state.loss_steps)
+                ledger.passed_eval()
+                state.loss_sum, state.loss_steps = 0.0, 0
+            if save:  # at eval points, and when one is due
+                self.checkpoints.save(state, phase, optimizer, collectors)
+        self.progress.close()
+        phase.zero_grad()
+        start_step, start_tokens, start_flops = state.phase_start
+        row = {"phase": phase.name, "steps": ledger.step - start_step, "tokens": ledger.tokens - start_tokens,
+               "flops_executed": ledger.flops - start_flops, "extra_forwards": len(phase.extra_forward),
+               "parameters": _parameter_count(phase.model.parameters()),
+               "trainable_parameters": _parameter_count(phase.trainable), "plain": phase.plain,
+               "settings": phase.settings}
+        return collectors.end_phase(row["steps"], row), diverged
+
+    @torch.no_grad()
+    def evaluate(self, phase: Phase, train_loss: float) -> None:
+        """Mean validation loss of the phase's model (rank 0's; the others' curve is not kept); logged at the
+        ledger's point, never charged."""
+        config, ledger = self.config, self.state.ledger
+        with self.collectors.window("eval"):
+            val_loss = math.nan
+            if self.world.leader:
+                phase.model.eval()
+                phase.eval_model.eval()
+                losses = []
+                for batch in self.validation:
+                    with autocast(config):
+                        losses.append(phase.evaluate(to_device(batch, config.device)).float())
+                val_loss = sum(torch.stack(losses).tolist()) / len(losses)  # one read of the device
+        row = {"step": ledger.step, "tokens": ledger.tokens, "flops": ledger.flops, "phase": phase.name,
+               "train_loss": train_loss, "val_loss": val_loss}
+        self.state.curve.append(self.collectors.snapshot(row))
+
+
+def _non_finite(value: float) -> str:
+    return "nan" if math.isnan(value) else str(value)
+
+
+def _shared_plan(plan: StepPlan | None, phase: Phase) -> StepPlan:
+    """Rank 0's plan of the phase, on every rank (its variant function is each rank's own copy)."""
+    steps, costs = distributed.broadcast((plan.steps, plan.costs) if plan is not None else None)
+    return StepPlan(steps, costs, phase.variant)
 
 
 def _parameter_count(parameters) -> int:
@@ -206,193 +350,9 @@ def _to_device(phase: Phase, device: torch.device) -> None:
     phase.prepare()
 
 
-def _train_phase(phase: Phase, optimizer: torch.optim.AdamW, state: LoopState, data: BatchSource,
-                 config: LoopConfig, collectors: CollectorSet, checkpoints: Checkpoints, progress: RunProgress,
-                 saved: Saved | None = None) -> tuple[dict, str | None]:
-    """Train one phase to its share of the budget (from where `saved` left it); (its phases.csv row, divergence
-    reason or None)."""
-    ledger = state.ledger
-    with collectors.window("overhead"), autocast(config):
-        if saved is None:
-            state.plan = StepCosts(phase, ledger, data, config).plan()
-            state.local_step, state.losses, state.phase_start = 0, [], (ledger.step, ledger.tokens, ledger.flops)
-        else:  # the rest of `state` came with the checkpoint
-            state.plan = saved.plan(phase)
-        first_batch = to_device(data.batch(state.phase_start[0]), config.device)
-        collectors.start_phase(phase, micro_batches(first_batch, config.micro_batch)[0], len(state.plan))
-        if saved is not None:
-            saved.restore_phase(phase, optimizer, collectors)  # weights, AdamW, collectors' totals, RNG streams
-    if saved is None:
-        _evaluate(phase, state, data, config, collectors, train_loss=math.nan)
-
-    plan = state.plan
-    progress.start_phase(phase.name, len(plan), state.local_step)
-    diverged = None
-    while state.local_step < len(plan) and not diverged:
-        with collectors.window("train"):  # one window per stretch between eval points (and checkpoints)
-            while state.local_step < len(plan):
-                flops, units = plan[state.local_step]
-                lr = _phase_lr(phase, state.local_step, len(plan), config.optim, ledger.progress)
-                loss = _optimizer_step(phase, optimizer, lr, data.batch(ledger.step), state.local_step,
-                                       ledger.progress, config)
-                state.losses.append(loss)
-                ledger.step, ledger.tokens = ledger.step + 1, ledger.tokens + data.tokens_per_step
-                ledger.flops, ledger.spent = ledger.flops + flops, ledger.spent + units
-                state.local_step += 1
-                progress.step(loss, lr)
-                if not math.isfinite(loss):
-                    diverged = f"loss became {loss} at step {ledger.step} (phase {phase.name})"
-                    break
-                if checkpoints.due(phase, state.local_step) or ledger.eval_due():
-                    break
-        if diverged:
-            break
-        at_eval = ledger.eval_due() or state.local_step == len(plan)
-        if at_eval:
-            train_loss = sum(state.losses) / len(state.losses)
-            _evaluate(phase, state, data, config, collectors, train_loss)
-            progress.eval_point(ledger.step, ledger.progress, state.curve[-1]["val_loss"], train_loss)
-            ledger.passed_eval()
-            state.losses = []
-        checkpoints.save(state, phase, optimizer, collectors, at_eval=at_eval)  # at eval points, and when due
-    progress.close()
-    phase.zero_grad()
-    start_step, start_tokens, start_flops = state.phase_start
-    row = {"phase": phase.name, "steps": ledger.step - start_step, "tokens": ledger.tokens - start_tokens,
-           "flops_executed": ledger.flops - start_flops, "extra_forwards": len(phase.extra_forward),
-           "parameters": _parameter_count(phase.model.parameters()),
-           "trainable_parameters": _parameter_count(phase.trainable), "plain": phase.plain, "settings": phase.settings}
-    return collectors.end_phase(row["steps"], row), diverged
-
-
-MAX_PHASE_STEPS = 10**8
-"""No phase plans more steps than this: a budget that would need more is refused before anything trains (it
-would run for years; `--budget-steps 1e12` is a typo, not a plan)."""
-
-
-class StepPlan:
-    """(flops, budget units) of each step of a phase, fixed before it starts: one cost per variant key, so a
-    plan takes no memory whatever its length."""
-
-    def __init__(self, steps: int, costs: dict[Hashable, tuple[float, float]],
-                 variant: Callable[[int], Hashable] | None = None):
-        self.steps, self.costs, self.variant = steps, costs, variant
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, local_step: int) -> tuple[float, float]:
-        if not 0 <= local_step < self.steps:
-            raise IndexError(f"step {local_step} of a {self.steps}-step plan")
-        return self.costs[self.variant(local_step) if self.variant else None]
-
-    def __iter__(self) -> Iterator[tuple[float, float]]:
-        return (self[step] for step in range(self.steps))
-
-    def units(self) -> float:
-        """Budget units of all the steps."""
-        if self.variant is None:
-            return self.steps * self.costs[None][1]
-        return math.fsum(units for _, units in self)
-
-
-class StepCosts:
-    """Executed FLOPs and budget units per step, counted once per distinct phase variant."""
-
-    def __init__(self, phase: Phase, ledger: Ledger, data: BatchSource, config: LoopConfig):
-        self.phase, self.ledger, self.data, self.config = phase, ledger, data, config
-        self._flops: dict = {}
-        self._seconds: dict = {}
-
-    def flops(self, local_step: int) -> float:
-        key = self.phase.variant(local_step) if self.phase.variant else None
-        if key not in self._flops:
-            batch = self.data.batch(self.ledger.step + local_step)
-            self._flops[key] = step_flops(self.phase, batch, self.config, local_step)
-        return self._flops[key]
-
-    def units(self, local_step: int, flops: float) -> float:
-        unit = self.ledger.budget.unit
-        if unit == "flops":
-            return flops
-        if unit == "tokens":
-            return float(self.data.tokens_per_step)
-        key = self.phase.variant(local_step) if self.phase.variant else None
-        if key not in self._seconds:
-            self._seconds[key] = step_seconds(self.phase, self.data.batch(self.ledger.step), self.config, local_step)
-        return self._seconds[key]
-
-    def plan(self) -> StepPlan:
-        """The steps the phase will take and what each costs, fixed before it starts: its fixed `steps`, else
-        the step count whose cost is nearest to its share of the budget (or to what is left of it)."""
-        phase, unit = self.phase, self.ledger.budget.unit
-        budget = self.ledger.budget.value
-        left = budget - self.ledger.spent
-        if phase.steps is not None:
-            self._refuse_beyond_limit(phase.steps)
-            plan = self._costs(phase.steps)
-            if plan.units() > left * (1 + 1e-6):
-                raise BenchError(f"the budget is too small for phase {phase.name!r}: its {phase.steps} steps "
-                                 f"need more than the {left:.3g} {unit} left")
-            return plan
-        target = left if phase.share is None else min(left, phase.share * budget)
-        steps = self._steps_within(target) if phase.variant is None else self._variant_steps_within(target)
-        if steps == 0:
-            raise BenchError(f"the budget is too small for phase {phase.name!r}: its share "
-                             f"({target:.3g} {unit}) buys less than one step")
-        return self._costs(steps)
-
-    def _steps_within(self, target: float) -> int:
-        """Steps of a phase whose steps all cost the same: the count nearest to `target`, computed (each step
-        is taken while the units spent before it plus half its own stay within `target`)."""
-        units = self._step(0)[1]
-        if not units > 0:
-            raise BenchError(f"phase {self.phase.name!r}: a step costs {units} {self.ledger.budget.unit}")
-        steps = max(0, math.floor((target - units / 2) / units) + 1)
-        self._refuse_beyond_limit(steps)
-        while steps > 0 and (steps - 1) * units + units / 2 > target:  # the division's rounding, both ways
-            steps -= 1
-        while steps * units + units / 2 <= target:
-            steps += 1
-        return steps
-
-    def _variant_steps_within(self, target: float) -> int:
-        """The same count for a phase whose steps differ (variants): step by step, refused past the limit
-        (first estimated from the step that costs most among the first ones)."""
-        most = max(self._step(step)[1] for step in range(min(100, MAX_PHASE_STEPS)))
-        self._refuse_beyond_limit(math.floor(target / most))
-        steps, spent = 0, 0.0
-        while True:
-            units = self._step(steps)[1]
-            if spent + units / 2 > target:
-                return steps
-            spent += units
-            steps += 1
-            self._refuse_beyond_limit(steps)
-
-    def _costs(self, steps: int) -> StepPlan:
-        if self.phase.variant is None:
-            return StepPlan(steps, {None: self._step(0)})
-        costs = {}
-        for step in range(steps):
-            key = self.phase.variant(step)
-            if key not in costs:
-                costs[key] = self._step(step)
-        return StepPlan(steps, costs, self.phase.variant)
-
-    def _refuse_beyond_limit(self, steps: int) -> None:
-        if steps > MAX_PHASE_STEPS:
-            raise BenchError(f"phase {self.phase.name!r} would take {steps:.3g} steps, more than growbench plans "
-                             f"({MAX_PHASE_STEPS:.0e}): the budget ({self.ledger.budget.value:.3g} "
-                             f"{self.ledger.budget.unit}) is far too large")
-
-    def _step(self, local_step: int) -> tuple[float, float]:
-        flops = self.flops(local_step)
-        return flops, self.units(local_step, flops)
-
-
-def _optimizer_for(phase: Phase, previous: torch.optim.AdamW | None, optim: OptimConfig) -> torch.optim.AdamW:
-    """A fresh AdamW per phase (no weight decay on biases and LayerNorm weights, the 1-D tensors),
+def _optimizer_for(phase: Phase, previous: torch.optim.AdamW | None, optim: OptimConfig,
+                   device: torch.device) -> torch.optim.AdamW:
+    """A fresh AdamW per phase (no weight decay on biases and LayerNorm weights, the 1-D tensors; fused on CUDA),
     unless the phase keeps the previous one."""
     if phase.keep_optimizer:
         kept = {id(p) for group in previous.param_groups for p in group["params"]} if previous else set()
@@ -402,8 +362,8 @@ def _optimizer_for(phase: Phase, previous: torch.optim.AdamW | None, optim: Opti
     decay = [p for p in phase.trainable if p.ndim >= 2]
     no_decay = [p for p in phase.trainable if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=phase.lr or optim.lr, betas=optim.betas,
-                             eps=optim.eps)
+    return new_optimizer([g for g in groups if g["params"]], device, lr=phase.lr or optim.lr, betas=optim.betas,
+                         eps=optim.eps)
 
 
 def _phase_lr(phase: Phase, local_step: int, phase_steps: int, optim: OptimConfig, progress: float) -> float:
@@ -413,78 +373,3 @@ def _phase_lr(phase: Phase, local_step: int, phase_steps: int, optim: OptimConfi
     if local_step < phase.warmup_steps:
         return phase.lr * (local_step + 1) / phase.warmup_steps
     return phase.lr * (phase_steps - local_step) / max(1, phase_steps - phase.warmup_steps)
-
-
-def _optimizer_step(phase: Phase, optimizer, lr: float, batch: Batch, local_step: int, progress: float,
-                    config: LoopConfig) -> float:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    phase.model.train()
-    batch = to_device(batch, config.device)
-    chunks = micro_batches(batch, config.micro_batch)
-    total = 0.0
-    for chunk in chunks:
-        with autocast(config):
-            loss = phase.loss(chunk, local_step, progress) / len(chunks)
-        loss.backward()
-        total += loss.item()
-    if config.optim.grad_clip:
-        torch.nn.utils.clip_grad_norm_(phase.trainable, config.optim.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total
-
-
-@torch.no_grad()
-def _evaluate(phase: Phase, state: LoopState, data: BatchSource, config: LoopConfig, collectors: CollectorSet,
-              train_loss: float) -> None:
-    """Mean validation loss of the phase's model; logged at the ledger's point, never charged."""
-    with collectors.window("eval"):
-        phase.model.eval()
-        phase.eval_model.eval()
-        losses = []
-        for batch in data.validation:
-            with autocast(config):
-                losses.append(phase.evaluate(to_device(batch, config.device)).item())
-        val_loss = sum(losses) / len(losses)
-    ledger = state.ledger
-    row = {"step": ledger.step, "tokens": ledger.tokens, "flops": ledger.flops, "phase": phase.name,
-           "train_loss": train_loss, "val_loss": val_loss}
-    state.curve.append(collectors.snapshot(row))
-
-
-def micro_batches(batch: Batch, micro_batch: int | None) -> list[Batch]:
-    rows = batch["input_ids"].shape[0]
-    if not micro_batch or micro_batch >= rows:
-        return [batch]
-    return [{key: value[start:start + micro_batch] for key, value in batch.items()}
-            for start in range(0, rows, micro_batch)]
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-
-def autocast(config: LoopConfig):
-    if config.autocast_dtype is None:
-        return torch.autocast("cpu", enabled=False)
-    return torch.autocast(config.device.type, dtype=config.autocast_dtype)
-
-
-def step_flops(phase: Phase, batch: Batch, config: LoopConfig, local_step: int = 0) -> float:
-    """Executed FLOPs of one training step of `phase`, counted by running it: its first micro-batch,
-    scaled by the rows of the whole batch (micro-batches differ only in which positions are masked,
-    as whole steps do)."""
-    chunks = micro_batches(to_device(batch, config.device), config.micro_batch)
-    rows = batch["input_ids"].shape[0] / chunks[0]["input_ids"].shape[0]
-    return float(count_executed_step(phase, chunks[0], local_step)) * rows
-
-
-def step_seconds(phase: Phase, batch: Batch, config: LoopConfig, local_step: int = 0) -> float:
-    """Seconds one training step of `phase` (as its local step `local_step`) takes here: the median of a
-    few timed steps."""
-    phase.prepare()
-    for module in (phase.model, phase.eval_model, *phase.extra_forward):
-        module.to(config.device)
-    chunks = micro_batches(to_device(batch, config.device), config.micro_batch)
-    return median_step_seconds(phase, chunks[0], step=local_step) * len(chunks)

@@ -45,16 +45,25 @@ def small_corpus(tmp_path_factory):
 
 @dataclass
 class MicroStep:
-    """One training step of the CPU pair's large model (bert-micro, vocab 8192, batch 16 x 64): the benchmarks'."""
+    """One training step of the CPU pair's large model (bert-micro, vocab 8192, batch 16 x 64) as the loop takes it
+    (bench/step.py: the batch prepared with its scored positions, forward and backward, clipping, AdamW, the loss
+    read): the benchmarks'."""
 
     phase: object  # bench.phases.Phase
     batch: dict[str, torch.Tensor]
     optimizer: torch.optim.AdamW
 
     def train(self, step: int = 0) -> None:
-        self.phase.forward_backward(self.batch, step, 0.0)
-        self.optimizer.step()
-        self.phase.zero_grad()
+        from bench.distributed import World
+        from bench.step import LossMeter, StepBatches, StepLoss, optimizer_step
+        from bench.train import LoopConfig
+
+        config, world = LoopConfig(progress_bar=False), World()
+        chunks = StepBatches(lambda _: self.batch, False, None, config.device, world).get(step)
+        meter = LossMeter(config.device)
+        meter.add(optimizer_step(StepLoss.of(self.phase, config.device, world), self.phase.trainable, self.optimizer,
+                                 1e-4, chunks, step, 0.0, config.optim.grad_clip, config, world, step), step)
+        meter.read(world)
 
 
 @pytest.fixture(scope="module")

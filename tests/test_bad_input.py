@@ -282,6 +282,18 @@ CASES: dict[str, Case] = {
     "pretrain-out-is-a-file": Case(["pretrain", "--size", "bert-nano", "--out", "{file}"], "is a file, not a folder"),
 }
 
+MICRO_BATCH_COMMANDS = {
+    "compare": (COMPARE, True),
+    "pretrain": (["pretrain", "--size", "bert-nano", "--out", "{new}"], False),
+    "grow": (["grow", "--method", "ligo", "--from", "{parent}", "--to", "bert-micro", "--out", "{new}"], False),
+    "sweep": (["sweep", "--out", "{new}"], False),
+}
+CASES |= {f"{command}-micro-batch-{name}": Case([*argv, "--micro-batch", rows], message, run_dir)
+          for command, (argv, run_dir) in MICRO_BATCH_COMMANDS.items()
+          for name, rows, message in (("zero", "0", "--micro-batch: must be a positive whole number"),
+                                      ("not-a-divisor", "3", "--micro-batch 3 does not divide the batch (16 rows)"),
+                                      ("above-the-batch", "9999", "--micro-batch 9999 is larger than the batch"))}
+
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_exit_2_one_line_no_traceback_and_nothing_changed(name, env, capsys, monkeypatch, tmp_path):

@@ -62,7 +62,7 @@ def run(name: str, parent, setting: Checkpointing | None = None, interrupt_after
     context = GrowthContext(PAIR, copy.deepcopy(parent), VOCAB, SEQ, 0, seed=0)
     phases = make_method(name, METHODS[name]).phases(context)
     if interrupt_after is not None:
-        real, done = train_module._optimizer_step, [0]
+        real, done = train_module.optimizer_step, [0]
 
         def step(*args, **kwargs):
             if done[0] == interrupt_after:
@@ -70,7 +70,7 @@ def run(name: str, parent, setting: Checkpointing | None = None, interrupt_after
             done[0] += 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(train_module, "_optimizer_step", step)
+        monkeypatch.setattr(train_module, "optimizer_step", step)
     try:
         return train_phases(phases, BUDGET, source(), LoopConfig(progress_bar=False, eval_points=6),
                             collectors or CollectorSet([]), checkpoints=Checkpoints(setting, {"seed": 0}))
@@ -140,8 +140,8 @@ def test_resuming_rebuilds_finished_phases_without_training_them(parent, referen
     meta = saved_meta(folder)
     assert (meta["phase"], meta["phases"]) == ("joint", ["growth-1", "joint"])
     steps = []
-    real = train_module._optimizer_step
-    monkeypatch.setattr(train_module, "_optimizer_step", lambda *a, **k: steps.append(1) or real(*a, **k))
+    real = train_module.optimizer_step
+    monkeypatch.setattr(train_module, "optimizer_step", lambda *a, **k: steps.append(1) or real(*a, **k))
     resumed = run("mslt", parent, Checkpointing(folder, resume=True))
     assert len(steps) == references["mslt"].curve[-1]["step"] - meta["step"]
     assert_same_run(references["mslt"], resumed)
@@ -201,8 +201,8 @@ def test_a_checkpoint_that_cannot_be_used_is_warned_about_and_the_run_starts_ove
     else:
         (latest / "phase-0.pt").unlink()
     steps = []
-    real = train_module._optimizer_step
-    monkeypatch.setattr(train_module, "_optimizer_step", lambda *a, **k: steps.append(1) or real(*a, **k))
+    real = train_module.optimizer_step
+    monkeypatch.setattr(train_module, "optimizer_step", lambda *a, **k: steps.append(1) or real(*a, **k))
     with caplog.at_level(logging.WARNING, logger="bench.checkpoint"):
         resumed = run("scratch", parent, Checkpointing(folder, resume=True))
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
@@ -280,7 +280,7 @@ def test_collectors_running_totals_round_trip(tmp_path):
         time.sleep(0.01)
     second.collectors[1].components["cpu"].add("train", 0.25)
     row = second.end_phase(10, {})
-    assert row["train_s"] > state["clock"]["phase"]["train"] > 0  # the phase's seconds carried on
+    assert row["train_s"] > state[0]["clock"]["phase"]["train"] > 0  # the phase's seconds carried on
     # both sessions' kWh (plus whatever codecarbon measured during the test's own windows, where it can)
     assert 0.75 <= row["energy_cpu_kwh"] < 0.751 and second.snapshot({"step": 10})["energy_kwh"] >= 0.75
     first.close()
@@ -306,8 +306,8 @@ def test_a_collector_without_state_keeps_the_default(tmp_path):
         name = "counter"
 
     collectors = CollectorSet([Counter(RunInfo(torch.device("cpu"), tmp_path))])
-    assert collectors.state_dict() == {"counter": {}}
-    collectors.load_state_dict({"counter": {}})
+    assert collectors.state_dict() == [{"counter": {}}]  # one process: one rank's totals
+    collectors.load_state_dict([{"counter": {}}])
 
 
 # --------------------------------------------------------------------------- bounded planning
@@ -394,7 +394,7 @@ def test_a_variant_plan_charges_each_step_its_own_cost():
 
 def test_the_loop_refuses_a_huge_budget_before_training(monkeypatch):
     steps = []
-    monkeypatch.setattr(train_module, "_optimizer_step", lambda *a, **k: steps.append(1))
+    monkeypatch.setattr(train_module, "optimizer_step", lambda *a, **k: steps.append(1))
     with pytest.raises(BenchError, match="too large"):
         train_phases(iter([Phase("train", get_size("bert-nano").build(VOCAB, SEQ, 0))]), Budget("tokens", 1e15),
                      source(), LoopConfig(progress_bar=False), CollectorSet([]))

@@ -1,6 +1,8 @@
 """The command line end to end: bad input is one line and exit 2; a small comparison writes the run directory."""
 
 import json
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -70,6 +72,32 @@ def test_every_method_runs_on_the_gpt2_and_roberta_pairs(pair, corpus, tmp_path)
     assert main(argv) == 0
     states = {path.parent.name: json.loads(path.read_text())["state"] for path in out.glob("runs/*/status.json")}
     assert len(states) == 9 and set(states.values()) == {"done"}, states
+
+
+@pytest.mark.slow
+def test_pretrain_and_grow_take_a_micro_batch(corpus, tmp_path, capsys, monkeypatch):
+    """Micro-batches change how a step runs, not what it costs: a parent pretrained in them spends the same FLOPs
+    per step, and is cached under its own key; `bench grow` takes them too. GPT-2, because a causal LM scores every
+    position: an MLM's head runs on the masked ones only, which one micro-batch holds a random share of."""
+    from bench.runner import prepare
+
+    loops = []
+    real_loop_config = prepare.loop_config
+    monkeypatch.setattr(prepare, "loop_config", lambda *args, **kwargs: loops.append(
+        real_loop_config(*args, **kwargs)) or loops[-1])
+    parents = {}
+    for micro_batch in ([], ["--micro-batch", "4"]):
+        assert main(["pretrain", "--size", "gpt2-nano", "--steps", "2", "--corpus", str(corpus), "--no-progress",
+                     *micro_batch]) == 0
+        parents[bool(micro_batch)] = Path(re.search(r"parent: (\S+)/model", capsys.readouterr().out)[1])
+    assert [loop.micro_batch for loop in loops] == [None, 4]
+    assert parents[True] != parents[False] and parents[True].parent == tmp_path / "cache" / "parents"
+    per_step = {key: pd.read_csv(folder / "phases.csv").eval("flops_executed / steps") for key, folder in parents.items()}
+    assert per_step[True].tolist() == per_step[False].tolist()
+    assert main(["grow", "--method", "ligo", "--method-arg", "ligo.operator_steps=1", "--from",
+                 str(parents[True] / "model"), "--to", "gpt2-micro", "--out", str(tmp_path / "grown"), "--corpus",
+                 str(corpus), "--micro-batch", "8", "--no-progress"]) == 0
+    assert loops[-1].micro_batch == 8 and (tmp_path / "grown" / "model" / "model.safetensors").exists()
 
 
 @pytest.fixture

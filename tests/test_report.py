@@ -19,6 +19,8 @@ from bench.report.tables import format_markdown
 
 EVAL_STEPS = list(range(0, 101, 10))  # the budget is 100 steps; eval every 10, the first before training
 SCRATCH_FLOPS_PER_STEP = 1.2e11  # scratch spends 1.2e13 FLOPs at the budget
+SYNTHETIC_PEAK = 1e12  # FLOP/s: scratch's 1.2e11 FLOPs per 0.5 s step is an MFU of 24%
+SYNTHETIC_PEAK_SOURCE = "measured matmul peak: float32 1024x1024 torch.mm, 2 threads, Synthetic CPU"
 SYNTHETIC_CPU = {"cpu_model": "Synthetic CPU", "cpu_cores": 2, "torch_threads": 2, "platform": "Linux",
                  "torch": "2.13.0", "gpu_count": 0, "gpu_model": None, "gpu_driver": None}
 
@@ -69,9 +71,10 @@ def _write_run(folder: Path, spec: Spec, seed: int | None, method: str, optional
                       "phase": phase_of_step[max(step - 1, 0)], "train_loss": spec.loss(step, seed or 0) + 0.05,
                       "val_loss": spec.loss(step, seed or 0), "reference_s": 0.9 * train_s, "wall_s": 1.2 * train_s,
                       "eval_s": 0.1 * step, "energy_kwh": energy, "co2_kg": 0.475 * energy,
-                      "cost_cloud_usd": train_s / 3600 * 0.085, "cost_energy_usd": energy * 1.58 * 0.13})
+                      "cost_cloud_usd": train_s / 3600 * 0.085, "cost_energy_usd": energy * 1.58 * 0.13,
+                      "mfu": spec.flops_per_step / (spec.seconds_per_step * SYNTHETIC_PEAK) if step else math.nan})
     _write_csv(folder / "curve.csv", curve, ["reference_s", "wall_s", "eval_s", "energy_kwh", "co2_kg",
-                                              "cost_cloud_usd", "cost_energy_usd"], optional)
+                                              "cost_cloud_usd", "cost_energy_usd", "mfu"], optional)
     phases = []
     for name, steps in spec.phases:
         train_s = steps * spec.seconds_per_step
@@ -81,11 +84,14 @@ def _write_run(folder: Path, spec: Spec, seed: int | None, method: str, optional
                        "reference_s": 0.9 * train_s, "device_hours": train_s / 3600, "energy_kwh": train_s * 2e-5,
                        "energy_method": "cpu:tdp_estimate+ram:ram_heuristic", "co2_kg": 0.475 * train_s * 2e-5,
                        "carbon_source": "world average", "cost_cloud_usd": train_s / 3600 * 0.085,
-                       "cost_cloud_price": "cpu-core $0.0425/vCPU-hour", "cost_energy_usd": train_s * 2e-5 * 1.58 * 0.13})
+                       "cost_cloud_price": "cpu-core $0.0425/vCPU-hour", "cost_energy_usd": train_s * 2e-5 * 1.58 * 0.13,
+                       "mfu": flops / (train_s * SYNTHETIC_PEAK), "mfu_peak_flops": SYNTHETIC_PEAK,
+                       "mfu_peak_source": SYNTHETIC_PEAK_SOURCE})
     _write_csv(folder / "phases.csv", phases, ["flops_fvcore", "flops_analytic", "eval_s", "overhead_s",
                                                 "reference_s", "device_hours", "energy_kwh", "energy_method",
                                                 "co2_kg", "carbon_source", "cost_cloud_usd", "cost_cloud_price",
-                                                "cost_energy_usd"], optional)
+                                                "cost_energy_usd", "mfu", "mfu_peak_flops", "mfu_peak_source"],
+               optional)
     state = spec.states.get(seed, "done")
     status = {"state": state, "reason": None if state == "done" else "loss became NaN", "method": method,
               "seed": seed, "final_val_loss": spec.loss(100, seed or 0)}
@@ -282,7 +288,7 @@ def test_fewer_than_half_the_seeds_reaching_is_not_reached(tmp_path):
     mixed = report.table.set_index("method").loc["mixed"]
     assert (mixed["n_done"], mixed["n_reached"]) == (3, 1) and not mixed["reached"]
     line = next(line for line in report.text.splitlines() if line.startswith("mixed"))
-    assert "1/3 reached" in line and "not reached" in line and "%" not in line
+    assert "1/3 reached" in line and "not reached" in line and line.count("%") == 1  # the MFU's; no savings
     markdown = format_markdown(report)
     savings_rows = [line for line in markdown.splitlines() if line.startswith("| mixed |")][:3]
     assert len(savings_rows) == 3  # main table, sunk, charged
@@ -426,6 +432,59 @@ def test_share_outside_plain_large_is_na_for_records_without_the_flag(tmp_path):
     markdown = format_markdown(report)
     for method in ("scratch", "ligo", "ki", "mslt"):
         assert _column(markdown, method, "outside plain LARGE") == "n/a"
+
+
+# --------------------------------------------------------------------------- MFU
+
+
+def _recomputed_mfu(run_dir: Path, folder: str) -> float:
+    """Σ flops_executed / (Σ train_s × devices × peak) from a run's phases.csv (a CPU phase is one device)."""
+    phases = pd.read_csv(run_dir / folder / "phases.csv")
+    (peak,) = phases["mfu_peak_flops"].unique()
+    return phases["flops_executed"].sum() / (phases["train_s"].sum() * 1 * peak)
+
+
+def test_mfu_is_the_runs_flops_over_its_train_seconds_times_the_peak(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run")
+    for seed, slower in ((0, 4.0), (1, 2.0), (2, 1.0)):  # ligo's operator phase slower than its main phase
+        path = run_dir / "runs" / f"ligo-s{seed}" / "phases.csv"
+        phases = pd.read_csv(path)
+        phases.loc[0, "train_s"] *= slower
+        phases["mfu"] = phases["flops_executed"] / (phases["train_s"] * SYNTHETIC_PEAK)
+        phases.to_csv(path, index=False)
+    report = build_report(run_dir)
+    expected = [_recomputed_mfu(run_dir, f"runs/ligo-s{seed}") for seed in (0, 1, 2)]
+    assert expected[0] < expected[1] < expected[2] == pytest.approx(0.24)  # not a plain mean of the phases' MFUs
+    for seed in (0, 1, 2):
+        assert _row(report.runs, "ligo", seed)["mfu"] == pytest.approx(expected[seed])
+    table = report.table.set_index("method")
+    assert table.at["ligo", "mfu"] == pytest.approx(np.mean(expected))
+    assert table.at["scratch", "mfu"] == pytest.approx(_recomputed_mfu(run_dir, "runs/scratch-s0")) == 0.24
+    assert table.at["ligo", "mfu_peak_source"] == SYNTHETIC_PEAK_SOURCE
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert {"mfu", "mfu_peak_source"} <= set(summary)
+    markdown = (run_dir / "report.md").read_text()
+    assert _column(markdown, "ligo", "MFU") == f"{100 * np.mean(expected):.3g}%"
+    assert _column(markdown, "scratch", "MFU") == "24%"
+    assert _column(markdown, "parent (SMALL)", "MFU") == f"{100 * _recomputed_mfu(run_dir, 'parent'):.3g}%"
+    assert markdown.count(SYNTHETIC_PEAK_SOURCE) == 1 and f"- MFU peak: {SYNTHETIC_PEAK_SOURCE}" in markdown
+    assert "MFU" in report.text.splitlines()[2]  # the terminal table's header
+
+
+def test_mfu_without_a_known_peak_reads_unavailable_never_zero(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run")
+    _set_phase_columns(run_dir, "ki-s0", mfu=[math.nan], mfu_peak_flops=[math.nan],
+                       mfu_peak_source=["unavailable: mps not in the peak table"])
+    report = analyse(run_dir)
+    assert math.isnan(_row(report.runs, "ki", 0)["mfu"]) and _row(report.runs, "ki", 1)["mfu"] > 0
+    ki = report.table.set_index("method").loc["ki"]
+    assert math.isnan(ki["mfu"])  # not the mean of the two seeds that had a peak
+    markdown = format_markdown(report)
+    assert _column(markdown, "ki", "MFU") == "unavailable" and _column(markdown, "ligo", "MFU") == "24%"
+    assert "unavailable: mps not in the peak table" in markdown
+    assert "unavailable" in next(line for line in report.text.splitlines() if line.startswith("ki "))
+    older = format_markdown(analyse(make_run_dir(tmp_path / "older", optional=False)))
+    assert _column(older, "ligo", "MFU") == "n/a"  # records written before MFU: not measured, not unavailable
 
 
 # --------------------------------------------------------------------------- contention and calibration

@@ -314,6 +314,15 @@ def test_a_point_whose_comparison_raises_is_recorded_failed_and_the_sweep_goes_o
     assert "RunsFailed: some runs failed" in (tmp_path / "report.md").read_text()
 
 
+def test_the_micro_batch_is_a_setting_of_every_points_comparison(tmp_path):
+    from bench.sweep.command import options_from
+    from bench.sweep.run import compare_config
+
+    plan = synthetic_plan([1, 2], ["ligo"])
+    options = options_from(_parser().parse_args(["--out", str(tmp_path), "--micro-batch", "4"]))
+    assert {compare_config(plan, point, options, resume=False).micro_batch for point in plan.points} == {4}
+
+
 def test_an_interrupted_point_is_incomplete_not_failed(tmp_path):
     plan = synthetic_sweep(tmp_path, {"ligo": [0.5, 0.3]}, [1, 2], states={"2x-p300": {("ligo", 2): "running"}})
     write_point_status(plan.points[1], tmp_path, "running")

@@ -12,6 +12,10 @@ Exit codes (bench/errors.py):
   130  interrupted: for `compare`, finished runs are kept and the command that continues is printed
 No error prints a traceback; `bench --debug ...` re-raises it, traceback and all.
 
+Under torchrun (`torchrun --nproc-per-node N -m bench compare ...`) rank 0 runs the command and its exit code is
+rank 0's; the other ranks train their part of each run (bench/distributed.py). When rank 0 stops on an error,
+torchrun stops the others and reports the failure.
+
 Everything that can be checked without data is checked before anything is prepared or trained: the pair, the
 methods and each of their settings, the budget, the run selection, the output location, the corpus paths, the
 tokenizer folder, the parent checkpoint's path, the price table, the country and the device.
@@ -23,12 +27,15 @@ import logging
 import os
 import sys
 
-from bench import logs
+from bench import distributed, logs
 from bench.cli.commands import COMMANDS
 from bench.cli.parser import apply_config_file, build_parser
 from bench.errors import EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK, exit_code_and_message
 
 __all__ = ["build_parser", "main"]
+
+TRAINING_COMMANDS = ("compare", "pretrain", "grow", "sweep")
+"""The commands whose trainings torchrun's other ranks take part in (the rest run on rank 0 alone)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = argv
         logs.configure("json" if args.log_json else "quiet" if args.quiet
                        else "lines" if getattr(args, "no_progress", False) else "auto")
-        return COMMANDS[args.command](args)
+        world = distributed.start(getattr(args, "device", "cpu"))
+        if not world.leader:  # torchrun: rank 0 runs the command, this rank trains its part of each run
+            if args.command in TRAINING_COMMANDS:
+                from bench.runner.one_run import follow_run
+
+                distributed.follow(follow_run)
+            distributed.stop()
+            return EXIT_OK
+        code = COMMANDS[args.command](args)
+        distributed.finish()
+        distributed.stop()
+        return code
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

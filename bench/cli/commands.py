@@ -117,14 +117,16 @@ def _compare(args) -> int:
 
 def _pretrain(args) -> int:
     from bench import runner
-    from bench.sizes import get_size
+    from bench.runner.prepare import check_micro_batch
+    from bench.sizes import defaults_for, get_size
 
-    get_size(args.size)
+    size = get_size(args.size)
+    check_micro_batch(args.micro_batch, defaults_for(size).batch_size)
     if args.out is not None:
         check_output_location(args.out, "--out")
     check_data_inputs(args)
     folder = runner.pretrain_command(args.size, args.steps, args.out, args.corpus, args.tokenizer, args.device,
-                                     args.dtype, args.lr, True)
+                                     args.dtype, args.lr, True, micro_batch=args.micro_batch)
     _result(f"parent: {folder / 'model'} (curve and bill in {folder}/)", parent=folder / "model")
     return EXIT_OK
 
@@ -166,16 +168,18 @@ def _list(args) -> int:
 def _grow(args) -> int:
     from bench import runner
     from bench.methods import check_method_args, make_method
-    from bench.sizes import get_size
+    from bench.runner.prepare import check_micro_batch
+    from bench.sizes import defaults_for, get_size
 
     method_args = parse_method_args(args.method_arg)
     check_method_args(method_args, [args.method], "the --method")
     make_method(args.method, method_args.get(args.method))
-    get_size(args.to)
+    check_micro_batch(args.micro_batch, defaults_for(get_size(args.to)).batch_size)
     check_output_location(args.out, "--out")
     prices = check_data_inputs(args)
     out = runner.grow_command(args.method, args.source, args.to, args.out, method_args, args.seed, args.corpus,
-                              args.tokenizer, args.device, args.dtype, True, prices=prices)
+                              args.tokenizer, args.device, args.dtype, True, prices=prices,
+                              micro_batch=args.micro_batch)
     _result(f"grown checkpoint: {out}", checkpoint=out)
     return EXIT_OK
 

@@ -47,6 +47,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "tf32", "bf16"],
                         help="fp32: strict float32 (TF32 off); tf32: float32 on TF32 tensor cores (CUDA only); "
                              "bf16: bfloat16 autocast; auto: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--micro-batch", type=POSITIVE_INT, metavar="ROWS",
+                        help="gradient-accumulation chunk (rows; a divisor of the batch, at most the batch); "
+                             "default: the pair's (the size's)")
     parser.add_argument("--lr", type=POSITIVE_FLOAT, help="peak learning rate (default 1e-3)")
     parser.add_argument("--price-file", metavar="F", help="a prices.toml to use instead of the built-in one")
     parser.add_argument("--price", action="append", default=[], metavar="KEY=USD",
@@ -94,9 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--eval-points", type=POSITIVE_INT, metavar="N",
                          help="validation points along each run (default 20)")
     compare.add_argument("--quick", action="store_true", help="the pair's short preset budgets")
-    compare.add_argument("--micro-batch", type=POSITIVE_INT, metavar="ROWS",
-                         help="gradient-accumulation chunk (rows; a divisor of the batch, at most the batch); "
-                              "default: the pair's")
     compare.add_argument("--small-from", metavar="DIR|HUB_ID",
                          help="a pretrained BERT / RoBERTa / GPT-2 checkpoint to grow from (a hub id downloads it); "
                               "the runs take its tokenizer, vocabulary and positions")

@@ -4,6 +4,9 @@ A collector knows no method. The loop tells it when a phase starts (it may look 
 modules, an example batch and the number of steps the phase will take), wraps every stretch of work in `window(kind)`, asks for cumulative
 figures at each eval point (`snapshot`) and for the phase's bill when it ends (`end_phase`). A mid-run checkpoint
 keeps its running totals (`state_dict`), which a resumed run hands back (`load_state_dict`).
+Under torchrun every rank measures its own part; at each snapshot and phase end the set gathers every rank's
+columns and the collector's `combine` makes one row of them (time: the slowest rank; device-hours and GPU energy:
+sums over the ranks' devices; CPU and RAM energy: each node once), from which later collectors derive.
 `row` holds the columns earlier collectors (in registry order) already produced, so a collector
 can derive from them (dollars from device-hours and kWh). A collector that cannot measure says so
 in a labelled column; it never reports 0.
@@ -20,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from bench import distributed
 from bench.phases import Phase
 from bench.registry import Registry
 
@@ -31,7 +35,7 @@ class RunInfo:
     """What collectors may know about the run as a whole."""
 
     device: torch.device
-    run_dir: Any  # pathlib.Path of the run (or parent) directory; collectors write nothing outside it
+    run_dir: Any  # pathlib.Path of the run (or parent) directory, None on torchrun's other ranks (they write nothing)
     prices: dict = field(default_factory=dict)  # the price table in use (see bench/prices.toml)
     country: str = "WLD"
     accumulation: int = 1  # micro-batches per optimizer step: collectors see one and scale per-step figures
@@ -59,6 +63,11 @@ class Collector:
     def end_phase(self, steps: int, row: dict[str, Any]) -> dict[str, Any]:
         """This phase's columns for phases.csv."""
         return {}
+
+    def combine(self, columns: list[dict[str, Any]]) -> dict[str, Any]:
+        """One row of every rank's `snapshot` or `end_phase` columns (torchrun). Default: rank 0's, right for a
+        collector that derives from earlier collectors' columns, which are combined already."""
+        return columns[0]
 
     def close(self) -> None:
         pass
@@ -106,25 +115,31 @@ class CollectorSet:
 
     def snapshot(self, row: dict[str, Any]) -> dict[str, Any]:
         for collector in self.collectors:
-            row.update(collector.snapshot(row))
+            row.update(_combined(collector, collector.snapshot(row)))
         return row
 
     def end_phase(self, steps: int, row: dict[str, Any]) -> dict[str, Any]:
         for collector in self.collectors:
-            row.update(collector.end_phase(steps, row))
+            row.update(_combined(collector, collector.end_phase(steps, row)))
         return row
 
     def close(self) -> None:
         for collector in self.collectors:
             collector.close()
 
-    def state_dict(self) -> dict[str, dict[str, Any]]:
-        return {_key(collector): collector.state_dict() for collector in self.collectors}
+    def state_dict(self) -> list[dict[str, dict[str, Any]]]:
+        """Every rank's collectors' totals, in rank order (one entry without torchrun)."""
+        return distributed.gather({_key(collector): collector.state_dict() for collector in self.collectors})
 
-    def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
+    def load_state_dict(self, ranks: list[dict[str, dict[str, Any]]]) -> None:
+        states = ranks[distributed.world().rank]
         for collector in self.collectors:
             if _key(collector) in states:
                 collector.load_state_dict(states[_key(collector)])
+
+
+def _combined(collector: Collector, columns: dict[str, Any]) -> dict[str, Any]:
+    return collector.combine(distributed.gather(columns)) if distributed.world().distributed else columns
 
 
 def _key(collector: Collector) -> str:

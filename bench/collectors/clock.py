@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from bench import distributed
 from bench.calibration import CONTENTION_THRESHOLD, MIN_JUDGED_STEPS, phase_signature
 from bench.collectors import WINDOW_KINDS, Collector, register_collector
 from bench.hardware import rng_preserved, synchronize
@@ -59,8 +60,9 @@ def median_step_seconds(phase: Phase, batch: dict[str, torch.Tensor], repeats: i
 class ClockCollector(Collector):
     """Seconds per window kind, device-hours of training and reference time, per phase and cumulative.
 
-    device_hours: GPU-hours on a GPU (one device per process; DDP ranks are summed by the loop); on a CPU,
-    core-hours = train_s x the threads torch uses. `device_kind` says which.
+    device_hours: GPU-hours on a GPU (one device per process); on a CPU, core-hours = train_s x the threads torch
+    uses. `device_kind` says which. Under torchrun (`combine`): the slowest rank's seconds, and the device-hours of
+    every rank's devices over them (a rank that waits for the others still holds its device).
     """
 
     order = 20
@@ -139,6 +141,22 @@ class ClockCollector(Collector):
                 with contextlib.suppress(OSError, AttributeError):  # no load average on some systems
                     self._loads.append(os.getloadavg()[0])
 
+    def combine(self, columns: list[dict[str, Any]]) -> dict[str, Any]:
+        combined = dict(columns[0])
+        for key in ("train_s", "eval_s", "overhead_s", "wall_s"):
+            if key in combined:  # a phase's row has no wall time
+                combined[key] = max(column[key] for column in columns)
+        combined["devices"] = sum(column["devices"] for column in columns)
+        combined["device_hours"] = combined["train_s"] * combined["devices"] / 3600
+        if "slowdown" in combined:  # a phase's end: judged by its slowest rank
+            slowdowns = [column["slowdown"] for column in columns if math.isfinite(column["slowdown"])]
+            combined["slowdown"] = max(slowdowns) if slowdowns else math.nan
+            judged = [column["contended"] for column in columns if column["contended"] is not None]
+            combined["contended"] = any(judged) if judged else None
+            loads = [column["load_avg"] for column in columns if math.isfinite(column["load_avg"])]
+            combined["load_avg"] = statistics.fmean(loads) if loads else math.nan
+        return combined
+
     def _device_hours(self, train_s: float) -> float:
         return train_s * self._devices / 3600
 
@@ -153,6 +171,7 @@ class ClockCollector(Collector):
             "wall_s": time.perf_counter() - self._started,
             "device_hours": self._device_hours(self._total["train"]),
             "device_kind": self._device_kind,
+            "devices": self._devices,
         }
 
     def end_phase(self, steps: int, row: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +179,10 @@ class ClockCollector(Collector):
         self._reference_done += reference
         self._steps_done += steps
         uniform = self._uniform()
-        slowdown = (self._phase["train"] / steps / self._calibrated_full(steps)) if steps else math.nan
+        # not judged against the calibration under torchrun: a step there also waits for the all-reduce, which the
+        # calibration (one process) does not time
+        compared = steps and not distributed.world().distributed
+        slowdown = (self._phase["train"] / steps / self._calibrated_full(steps)) if compared else math.nan
         judged = steps >= MIN_JUDGED_STEPS and math.isfinite(slowdown)
         row = {
             "train_s": self._phase["train"],

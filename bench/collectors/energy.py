@@ -8,6 +8,9 @@
 - CO2 = kWh x the grid intensity of RunInfo.country from codecarbon's table (Our World in Data per
   country); "WLD" and countries it lacks use codecarbon's world average (475 g/kWh, IEA 2019).
 
+Under torchrun every rank reads its own GPU, and the first rank of each node alone runs codecarbon, tracking the
+whole machine: the run's figures are the sums over GPUs and nodes (each node's CPU and RAM counted once).
+
 Energy is IT energy (PUE 1.0). A meter that fails leaves the run going: its component reads None with
 `unavailable: <reason>` from then on, never 0. A CPU-only run labels the GPU `not_used`.
 """
@@ -25,6 +28,7 @@ import pynvml
 from codecarbon import OfflineEmissionsTracker
 from codecarbon.input import DataSource
 
+from bench import distributed
 from bench.collectors import WINDOW_KINDS, Collector, register_collector
 from bench.errors import BenchError
 from bench.hardware import synchronize
@@ -144,12 +148,19 @@ class EnergyCollector(Collector):
 
     def _open_codecarbon(self) -> None:
         """Starting codecarbon detects the hardware (~2 s), so it happens once, here, outside any window."""
+        world = distributed.world()
+        if not world.node_leader:
+            for name in ("cpu", "ram"):
+                self.components[name].method = "not_used (measured by the node's first rank)"
+            return
         logging.getLogger("codecarbon").setLevel(logging.CRITICAL)
-        os.makedirs(self.run.run_dir, exist_ok=True)
+        if self.run.run_dir is not None:
+            os.makedirs(self.run.run_dir, exist_ok=True)
         try:
             self._tracker = OfflineEmissionsTracker(
                 country_iso_code=self.run.country.upper(), save_to_file=False, log_level="critical",
-                output_dir=str(self.run.run_dir), allow_multiple_runs=True, tracking_mode="process",
+                output_dir=str(self.run.run_dir or os.getcwd()), allow_multiple_runs=True,
+                tracking_mode="machine" if world.distributed else "process",
             )
             self._tracker.start_task("hardware-detection")
             if self._tracker.stop_task() is None:
@@ -216,23 +227,44 @@ class EnergyCollector(Collector):
             self._codecarbon_failed(RuntimeError("codecarbon returned no measurement"))
         return task
 
+    def _accounts(self, value_of) -> dict[str, tuple[str, dict[str, float | None]]]:
+        """{component: (label, kWh by window kind)} from `value_of(component, kind)`, the phase's or the run's
+        figures; under torchrun summed over the ranks that measure the component (None if one of them could not)."""
+        local = {name: (c.method, {kind: value_of(c, kind) for kind in WINDOW_KINDS})
+                 for name, c in self.components.items()}
+        if not distributed.world().distributed:
+            return local
+        ranks = distributed.gather(local)
+        accounts = {}
+        for name in COMPONENTS:
+            measuring = [rank[name] for rank in ranks if not rank[name][0].startswith("not_used")]
+            if not measuring:
+                accounts[name] = ranks[0][name]
+                continue
+            labels = " + ".join(dict.fromkeys(label for label, _ in measuring))
+            kwh = {kind: None if any(values[kind] is None for _, values in measuring)
+                   else sum(values[kind] for _, values in measuring) for kind in WINDOW_KINDS}
+            accounts[name] = (f"{labels}, summed over {len(measuring)} rank{'s' if len(measuring) > 1 else ''}", kwh)
+        return accounts
+
     def _columns(self, value_of) -> dict[str, Any]:
         """Energy columns from `value_of(component, kind)`: the phase's or the run's figures."""
+        accounts = self._accounts(value_of)
         columns: dict[str, Any] = {}
-        for name, component in self.components.items():
-            columns[f"energy_{name}_kwh"] = value_of(component, "train")
-            columns[f"energy_{name}_method"] = component.method
-        in_use = {name: c for name, c in self.components.items() if not c.method.startswith("not_used")}
+        for name, (label, kwh) in accounts.items():
+            columns[f"energy_{name}_kwh"] = kwh["train"]
+            columns[f"energy_{name}_method"] = label
+        in_use = {name: account for name, account in accounts.items() if not account[0].startswith("not_used")}
         for kind, column in (("train", "energy_kwh"), ("eval", "energy_eval_kwh"), ("overhead", "energy_overhead_kwh")):
-            values = [value_of(c, kind) for c in in_use.values() if value_of(c, kind) is not None]
+            values = [kwh[kind] for _, kwh in in_use.values() if kwh[kind] is not None]
             columns[column] = sum(values) if values else None
-        missing = [name for name, c in in_use.items() if value_of(c, "train") is None]
+        missing = [name for name, (_, kwh) in in_use.items() if kwh["train"] is None]
         if columns["energy_kwh"] is None:
             columns["energy_method"] = "unavailable"
         elif missing:
             columns["energy_method"] = f"partial: {', '.join(missing)} unavailable"
         else:
-            columns["energy_method"] = "+".join(f"{name}:{c.method.split(' ')[0]}" for name, c in in_use.items())
+            columns["energy_method"] = "+".join(f"{name}:{label.split(' ')[0]}" for name, (label, _) in in_use.items())
         train = columns["energy_kwh"]
         columns["co2_kg"] = None if train is None else train * self.intensity.g_per_kwh / 1000
         columns["carbon_g_per_kwh"] = self.intensity.g_per_kwh

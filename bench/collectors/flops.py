@@ -440,9 +440,10 @@ class FlopsCollector(Collector):
         except RuntimeError as error:  # the tracer cannot follow this phase's loss: a missing count, not a failed run
             self._fvcore_note = f"unavailable: {str(error).splitlines()[0]}"
         else:
-            os.makedirs(self.run.run_dir, exist_ok=True)
-            safe_name = re.sub(r"[^\w.-]", "_", phase.name)
-            _write_table(os.path.join(self.run.run_dir, f"fvcore_{safe_name}.csv"), first.rows)
+            if self.run.run_dir is not None:  # None: one of torchrun's other ranks, which write nothing
+                os.makedirs(self.run.run_dir, exist_ok=True)
+                safe_name = re.sub(r"[^\w.-]", "_", phase.name)
+                _write_table(os.path.join(self.run.run_dir, f"fvcore_{safe_name}.csv"), first.rows)
         try:
             self._analytic, self._analytic_note = analytic_step_flops(phase, batch), "config formula"
         except UncountedPhase as reason:
@@ -461,3 +462,13 @@ class FlopsCollector(Collector):
             "flops_analytic_note": self._analytic_note,
             "flops_convention": FLOP_CONVENTION,
         }
+
+    def combine(self, columns: list[dict[str, Any]]) -> dict[str, Any]:
+        """Under torchrun each rank counted its own rows of the batch: the step's counts are their sums."""
+        combined = dict(columns[0])
+        for key in ("flops_fvcore", "flops_analytic"):
+            if key not in combined:  # a snapshot: no columns of its own
+                continue
+            values = [column[key] for column in columns]
+            combined[key] = None if None in values else sum(values)
+        return combined

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from bench import distributed
 from bench.collectors import Collector, register_collector
 from bench.hardware import resolve_peak, run_math
 from bench.phases import Phase
@@ -45,8 +46,9 @@ class MfuCollector(Collector):
         self._peak, self._source = resolve_peak(self.run.device, run_math(self.run.device))
 
     def _devices(self, row: dict[str, Any]) -> int:
-        # a CPU's measured peak already covers every thread the process uses; a GPU's is per device
-        return int(row.get("devices") or 1) if self.run.device.type == "cuda" else 1
+        # a CPU's measured peak already covers every thread a process uses (one per torchrun rank); a GPU's is per
+        # device
+        return int(row.get("devices") or 1) if self.run.device.type == "cuda" else distributed.world().size
 
     def snapshot(self, row: dict[str, Any]) -> dict[str, Any]:
         return {"mfu": mfu(row.get("flops"), row.get("train_s"), self._devices(row), self._peak)}

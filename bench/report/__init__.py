@@ -19,6 +19,8 @@ re-runs training. Conventions (see accounting.md, "Savings and statistics"):
   no survivor bias), with a 95% Student-t interval on the mean (`ci_method`, `n_seeds` in the table).
   A method counts as reaching τ (`reached` in the table, judged by the gate) when at least half of its
   finished seeds do; otherwise the report prints "not reached", and "k/n reached" in every case.
+- MFU of a run: its phases' `mfu` weighted by their train seconds (= Σ flops_executed / (Σ train_s × devices × peak)
+  for one device and one math), mean over finished seeds; "unavailable" where the collector knew no peak, never 0.
 
 Layout: read.py (the run directory), statistics.py (crossing point, per-run and per-method numbers),
 tables.py (terminal table, report.md), plots.py (figures); this module ties them into a Report.

@@ -36,7 +36,7 @@ LABEL_COLUMNS = {"flops_convention": "FLOPs", "device_kind": "device-hours", "en
 """phases.csv columns that say how a number was obtained; report.md lists every value found."""
 
 CURVE_REQUIRED = ("step", "tokens", "flops", "train_s", "phase", "train_loss", "val_loss")
-NUMERIC_COLUMNS = {"val_loss", "train_loss", *TOTALS, *PHASE_COLUMNS.values()}
+NUMERIC_COLUMNS = {"val_loss", "train_loss", "mfu", *TOTALS, *PHASE_COLUMNS.values()}
 BOOLEAN_COLUMNS = ("plain_large",)
 """phases.csv flags; `plain_large` marks a phase that trains every parameter of the final LARGE model with the plain
 LM loss and no extra forward passes. Runs written before it existed lack the column."""

@@ -100,11 +100,29 @@ def _totals(record: RunRecord) -> dict[str, float]:
     return totals
 
 
-def _energy_method(record: RunRecord) -> str:
-    if record.phases is None or "energy_method" not in record.phases.columns:
+def phase_labels(phases: pd.DataFrame | None, column: str) -> str:
+    """The distinct values of a phases.csv label column (how a number was obtained) joined by '+', 'n/a' when the
+    records do not say."""
+    if phases is None or column not in phases.columns:
         return "n/a"
-    modes = record.phases["energy_method"].dropna().astype(str).unique()
-    return "+".join(modes) if len(modes) else "n/a"
+    labels = phases[column].dropna().astype(str).unique()
+    return "+".join(labels) if len(labels) else "n/a"
+
+
+def run_mfu(phases: pd.DataFrame | None) -> float:
+    """A run's MFU: its phases' `mfu` weighted by their train seconds, Σ mfu·train_s / Σ train_s over the phases that
+    trained. By time, because MFU is a rate: a plain mean over phases would let LiGO's few operator steps weigh as
+    much as its main phase. Each phase keeps the denominator its collector chose (its devices and peak; a CPU is one
+    device against its all-thread measured peak), so with one device and one math per run, as every run has, this
+    is exactly Σ flops_executed / (Σ train_s × devices × peak), with no peak or device count re-derived here. NaN
+    when a phase that trained has no MFU (no peak known, or records older than the column): a run is never credited
+    with only the phases that had one."""
+    if phases is None or not {"mfu", "train_s"} <= set(phases.columns):
+        return math.nan
+    trained = phases[phases["train_s"] > 0]
+    if not len(trained) or trained["mfu"].isna().any():
+        return math.nan
+    return float((trained["mfu"] * trained["train_s"]).sum() / trained["train_s"].sum())
 
 
 def parent_cost_of(data: RunData) -> tuple[dict[str, float], str]:
@@ -141,7 +159,8 @@ def outside_plain_share(phases: pd.DataFrame | None) -> float:
 def summarise_runs(data: RunData, target: float, uses_parent: dict[str, bool],
                    parent_cost: dict[str, float]) -> pd.DataFrame:
     """One row per (method, seed): state, final loss, reached / censored, cost to target, savings sunk and
-    charged (a censored run's at its own total cost at the budget), totals, share outside plain LARGE."""
+    charged (a censored run's at its own total cost at the budget), totals, share outside plain LARGE, MFU and
+    its peak's source."""
     scratch = [_totals(record) for record in data.runs if record.method == REFERENCE_METHOD and record.counted]
     scratch_budget = {key: mean_of([totals[key] for totals in scratch]) for key in COSTS}
     contention = run_contention(data)
@@ -154,7 +173,9 @@ def summarise_runs(data: RunData, target: float, uses_parent: dict[str, bool],
                "final_val_loss": record.final_val_loss if record.counted else math.nan,
                "perplexity": float(np.exp(record.final_val_loss)) if record.counted else math.nan,
                "reached": pd.NA, "censored": pd.NA if record.counted else False,
-               "energy_method": _energy_method(record),
+               "energy_method": phase_labels(record.phases, "energy_method"),
+               "mfu": run_mfu(record.phases) if record.counted else math.nan,
+               "mfu_peak_source": phase_labels(record.phases, "mfu_peak_source"),
                "outside_plain_large": outside_plain_share(record.phases) if record.counted else math.nan,
                **contention[record.folder]}
         position, censored = None, False
@@ -194,7 +215,8 @@ def _with_ci(row: dict, name: str, values: pd.Series, every_seed: bool = False) 
 def aggregate(runs: pd.DataFrame, uses_parent: dict[str, bool]) -> pd.DataFrame:
     """One row per method: seeds done / reached, whether it reached τ (at least half its finished seeds did),
     savings (mean over ALL finished seeds, censored ones at the budget, with a t-interval), final loss and
-    perplexity (mean and t-interval), the mean totals at the budget and the share outside plain LARGE."""
+    perplexity (mean and t-interval), the mean totals at the budget, the share outside plain LARGE and the MFU
+    with its peak's source."""
     finished = runs[runs["state"] == COUNTED_STATE]
     has_target = bool(finished["reached"].notna().any())
     contended = finished[finished["contended"].fillna(False).astype(bool)]
@@ -207,7 +229,7 @@ def aggregate(runs: pd.DataFrame, uses_parent: dict[str, bool]) -> pd.DataFrame:
                "n_runs": len(mine), "n_done": len(done), "n_reached": n_reached,
                "reached": bool(len(done) and 2 * n_reached >= len(done)) if has_target else pd.NA,
                "n_seeds": len(done), "ci_method": CI_METHOD,
-               "energy_method": "+".join(sorted(set(done["energy_method"]) - {"n/a"})) or "n/a"}
+               "energy_method": _joined(done["energy_method"]), "mfu_peak_source": _joined(done["mfu_peak_source"])}
         for key in COSTS:
             _with_ci(row, f"savings_{key}", done[f"savings_{key}"], every_seed=True)
             _with_ci(row, f"savings_charged_{key}", done[f"savings_charged_{key}"], every_seed=True)
@@ -215,8 +237,8 @@ def aggregate(runs: pd.DataFrame, uses_parent: dict[str, bool]) -> pd.DataFrame:
         _with_ci(row, "perplexity", done["perplexity"])
         for key in TOTALS:
             row[f"total_{key}"] = mean_of(done[f"total_{key}"])
-        shares = done["outside_plain_large"]  # n/a when any seed's records lack the flag
-        row["outside_plain_large"] = mean_of(shares) if shares.notna().all() else math.nan
+        for name in ("outside_plain_large", "mfu"):  # n/a when any seed's records lack it, not a mean of the rest
+            row[name] = mean_of(done[name]) if done[name].notna().all() else math.nan
         # wall time, energy and their dollars are unreliable when a run of the method or of scratch was contended
         spoiled = contended[contended["method"].isin([method, REFERENCE_METHOD])]
         row["time_contended"] = bool(len(spoiled))
@@ -225,6 +247,10 @@ def aggregate(runs: pd.DataFrame, uses_parent: dict[str, bool]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table["reached"] = table["reached"].astype("boolean")
     return table
+
+
+def _joined(labels: pd.Series) -> str:
+    return "+".join(sorted(set(labels) - {"n/a"})) or "n/a"
 
 
 def no_savings(row: pd.Series, name: str) -> str | None:

@@ -20,7 +20,7 @@ from bench.calibration import CONTENTION_THRESHOLD, MIN_JUDGED_STEPS
 from bench.report.contention import TIME_KEYS, UNRELIABLE, calibration_summary, drift_sentence, energy_sentence
 from bench.report.plots import PLOT_FILES
 from bench.report.read import COSTS, LABEL_COLUMNS, REFERENCE_METHOD
-from bench.report.statistics import no_savings
+from bench.report.statistics import no_savings, phase_labels, run_mfu
 
 if TYPE_CHECKING:
     from bench.report import Report
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 # --------------------------------------------------------------------------- formatting
 
+
+MFU_UNAVAILABLE = "unavailable"  # how bench/hardware.py's resolve_peak starts the source of a peak it does not know
 
 SAVINGS_RULE = ("savings = 1 − cost to τ / scratch's cost at the budget, mean over all seeds, censored at the "
                 "budget [95% t-interval]")
@@ -54,6 +56,14 @@ def _savings_cell(row: pd.Series, name: str) -> str:
     return text
 
 
+def mfu_cell(value: float, peak_source: str) -> str:
+    """'41.2%'; without a value, "unavailable" where the collector knew no peak for the device and math (its
+    `mfu_peak_source` says "unavailable: <why>"), "n/a" where the records hold no MFU (older runs)."""
+    if not pd.isna(value):
+        return f"{100 * value:.3g}%"
+    return MFU_UNAVAILABLE if MFU_UNAVAILABLE in str(peak_source) else "n/a"
+
+
 def _reached_cell(row: pd.Series) -> str:
     """'2/3 reached': how many finished seeds reached τ."""
     if row["method"] == REFERENCE_METHOD:
@@ -75,9 +85,10 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool
 
 def format_main_table(report: Report, markdown: bool) -> str:
     """Seeds at τ, savings (sunk, charged) with intervals, final loss, and the bill at the budget with the share
-    spent outside plain LARGE training, one row per method plus the parent's own row."""
+    spent outside plain LARGE training and the MFU, one row per method plus the parent's own row."""
     headers = ["method", "runs", "seeds at τ", "FLOPs saved", "wall saved", "FLOPs saved (parent charged)",
-               "val loss", "ppl", "FLOPs", "outside plain LARGE", "train h", "kWh", "kg CO2", "$ cloud", "$ energy"]
+               "val loss", "ppl", "FLOPs", "outside plain LARGE", "train h", "MFU", "kWh", "kg CO2", "$ cloud",
+               "$ energy"]
     rows = []
     for _, row in report.table.iterrows():
         rows.append([row["method"], f"{row['n_done']}/{row['n_runs']} done", _reached_cell(row),
@@ -85,15 +96,19 @@ def format_main_table(report: Report, markdown: bool) -> str:
                      _savings_cell(row, "savings_charged_flops"),
                      number(row["final_val_loss"], 4), number(row["perplexity"], 4),
                      number(row["total_flops"]), _percent(row["outside_plain_large"]),
-                     number(row["total_train_s"] / 3600), number(row["total_energy_kwh"]), number(row["total_co2_kg"]),
+                     number(row["total_train_s"] / 3600), mfu_cell(row["mfu"], row["mfu_peak_source"]),
+                     number(row["total_energy_kwh"]), number(row["total_co2_kg"]),
                      number(row["total_cost_cloud_usd"]), number(row["total_cost_energy_usd"])])
     if report.parent_source != "unknown":
         cost = report.parent_cost
-        parent_loss = report.data.parent.final_val_loss if report.data.parent else math.nan
-        rows.append(["parent (SMALL)", report.parent_source if report.data.parent is None else "pretraining",
+        parent = report.data.parent
+        parent_loss = parent.final_val_loss if parent else math.nan
+        phases = parent.phases if parent else None  # a parent known from the manifest alone has no MFU: n/a
+        rows.append(["parent (SMALL)", report.parent_source if parent is None else "pretraining",
                      "-", "-", "-", "-", number(parent_loss, 4),
                      number(math.exp(parent_loss) if not math.isnan(parent_loss) else math.nan, 4),
-                     number(cost["flops"]), "-", number(cost["train_s"] / 3600), number(cost["energy_kwh"]),
+                     number(cost["flops"]), "-", number(cost["train_s"] / 3600),
+                     mfu_cell(run_mfu(phases), phase_labels(phases, "mfu_peak_source")), number(cost["energy_kwh"]),
                      number(cost["co2_kg"]), number(cost["cost_cloud_usd"]), number(cost["cost_energy_usd"])])
     return _table(headers, rows, markdown)
 
@@ -143,7 +158,12 @@ def _how_to_read(report: Report) -> str:
     return text + ("\n\n**outside plain LARGE** is the share of a method's executed FLOPs spent in phases other than "
                    "plain training of every parameter of the LARGE model: operator fitting (LiGO), teacher forward "
                    "passes (KI), shallow or partial stages (StackBERT, MSLT, bert2BERT); mean over finished seeds, "
-                   "n/a where the run records do not mark plain LARGE phases (runs written before that column).")
+                   "n/a where the run records do not mark plain LARGE phases (runs written before that column)."
+                   "\n\n**MFU** (model FLOPs utilisation) is a run's executed FLOPs / (its train seconds × devices × "
+                   "peak FLOP/s), each training phase against its own peak and weighted by its train seconds, mean "
+                   "over finished seeds; the peak is named under \"How the costs were obtained\" (MFU peak). "
+                   "\"unavailable\" where no peak is known for the device and math, n/a where the run records hold "
+                   "no MFU (runs written before it).")
 
 
 def _provenance(report: Report) -> str:

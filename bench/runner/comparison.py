@@ -8,6 +8,7 @@ knows a method by name: methods come from the registry and yield their own phase
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import platform
 import re
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from bench import __version__
+from bench import __version__, distributed
 from bench.calibration import (
     CALIBRATION_FILE,
     CalibrationTable,
@@ -272,7 +273,7 @@ def _train_one(run: RunDir, method_name: str, seed: int, shared: Comparison, con
     shared.loop.label = f"{method_name} s{seed}"
     started = time.perf_counter()
     try:
-        result = one_run.train_run(method.phases(shared.context(method, seed)), shared.budget, shared.prepared, seed,
+        result = one_run.train_run(functools.partial(method.phases, shared.context(method, seed)), shared.budget, shared.prepared, seed,
                                    shared.loop, run.path, shared.prices, config.country, calibration=shared.table,
                                    checkpoint=one_run.Checkpointing(run.path / "checkpoint", config.checkpoint_every * 60,
                                                                     config.keep_checkpoints, resume=config.resume))
@@ -327,9 +328,10 @@ def _manifest(config, pair, budget, large_flops, methods, prepared, loop, prices
         "data": prepared.fingerprint(),
         "train": {"optim": asdict(loop.optim), "eval_points": loop.eval_points, "device": str(loop.device),
                   "dtype": config.dtype, "autocast": str(loop.autocast_dtype), "micro_batch": loop.micro_batch,
-                  "quick": config.quick},
+                  "quick": config.quick, "world_size": distributed.world().size},
         "flop_convention": "1 multiply-add = 2 FLOPs; flops_executed counted by torch FlopCounterMode on one real step",
-        "hardware": hardware_fingerprint(),
+        "hardware": {**hardware_fingerprint(), **({"rank_devices": list(distributed.world().devices)}
+                                                  if distributed.world().distributed else {})},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "git_sha": _git_sha(),

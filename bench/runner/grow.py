@@ -11,6 +11,7 @@ model is either not LARGE's shape (the method grows during training) or exactly 
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -60,10 +61,11 @@ def initialisation_problem(method: Method, ctx: GrowthContext) -> str | None:
 
 
 def grow_command(method_name: str, source: str, to: str, out: Path, method_args: dict, seed: int, corpus,
-                 tokenizer_dir, device, dtype, progress_bar: bool, prices: dict | None = None) -> Path:
+                 tokenizer_dir, device, dtype, progress_bar: bool, prices: dict | None = None,
+                 micro_batch: int | None = None) -> Path:
     """Grow a parent checkpoint into LARGE with a method's initialisation (running phases such as
-    LiGO's operator on the corpus) and save it, with what produced it and what that cost (at `prices`, default
-    the built-in price table)."""
+    LiGO's operator on the corpus, in micro-batches of `micro_batch` rows, None = LARGE's default) and save it,
+    with what produced it and what that cost (at `prices`, default the built-in price table)."""
     others = sorted(set(method_args) - {method_name})
     if others:
         raise BenchError(f"--method-arg for {', '.join(others)}, but the method is {method_name}")
@@ -89,13 +91,13 @@ def grow_command(method_name: str, source: str, to: str, out: Path, method_args:
     if problem:
         raise BenchError(f"{method_name} has nothing `bench grow` could save: {problem}")
     prepared, loop, default_prices = standalone(large, corpus, tokenizer_dir, device, dtype, None, progress_bar,
-                                                f"grow {method_name}", parent=checkpoint)
+                                                f"grow {method_name}", parent=checkpoint, micro_batch=micro_batch)
     prices = prices or default_prices
     large_flops, _ = scratch_step(large, prepared, loop)
     budget = Budget("flops", large_flops * defaults_for(large).budget_steps)
     ctx = GrowthContext(pair, parent, prepared.vocab_size, prepared.config.seq_len, prepared.pad_token_id, seed,
                         prepared.base)
-    result = train_run(method.phases(ctx), budget, prepared, seed, loop, out, prices, init_only=True)
+    result = train_run(functools.partial(method.phases, ctx), budget, prepared, seed, loop, out, prices, init_only=True)
     run = RunDir(out)
     run.save_model(result.final_model, prepared.tokenizer)
     write_json(out / "growth.json", {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -13,14 +14,14 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 
-from bench import data
+from bench import data, distributed
 from bench.collectors.cost import load_prices
 from bench.errors import UNUSABLE_PATH, BenchError, is_disk_full, is_out_of_memory
 from bench.hardware import math_name
 from bench.locks import RUN_LOCK, Lock
 from bench.records import RUNNING, RunDir
 from bench.runner.one_run import record_run, train_run
-from bench.runner.prepare import PARENT_SEED, Prepared, plain_phase, scratch_step, standalone
+from bench.runner.prepare import PARENT_SEED, Prepared, plain_phases, scratch_step, standalone
 from bench.sizes import FAMILIES, Dims, Pair, Size, defaults_for, get_size, positions_of
 from bench.train import Budget, LoopConfig
 
@@ -34,7 +35,7 @@ def parent_key(size: Size, steps: int, prepared: Prepared, loop: LoopConfig) -> 
     identity = {"size": asdict(size), "steps": steps, "data": prepared.fingerprint(), "optim": asdict(loop.optim),
                 "seed": PARENT_SEED, "torch": torch.__version__, "transformers": transformers.__version__,
                 "device": loop.device.type, "dtype": math_name(loop.device, loop.autocast_dtype),
-                "micro_batch": loop.micro_batch, "world_size": getattr(loop, "world_size", 1)}
+                "micro_batch": loop.micro_batch, "world_size": distributed.world().size}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -60,8 +61,8 @@ def _pretrain_into(run: RunDir, size: Size, steps: int, prepared: Prepared, loop
     step_flops, _ = scratch_step(size, prepared, loop)
     budget = Budget("flops", step_flops * steps)
     run.set_status(RUNNING, method="parent", size=size.name, seed=PARENT_SEED)
-    result = train_run(iter([plain_phase(size, prepared, PARENT_SEED)]), budget, prepared, PARENT_SEED, loop, folder,
-                    prices or load_prices())
+    result = train_run(functools.partial(plain_phases, size, prepared, PARENT_SEED), budget, prepared, PARENT_SEED,
+                       loop, folder, prices or load_prices())
     record_run(run, result, prepared, method="parent", seed=PARENT_SEED, size=size.name, budget_steps=steps)
     if result.diverged:
         raise BenchError(f"the parent's pretraining diverged: {result.diverged}")
@@ -227,10 +228,10 @@ def comparison_parent(small_from: str | None, pair: Pair, steps: int, prepared: 
 
 
 def pretrain_command(size_name: str, steps: int | None, out: Path | None, corpus, tokenizer_dir, device, dtype, lr,
-                     progress_bar: bool) -> Path:
+                     progress_bar: bool, micro_batch: int | None = None) -> Path:
     size = get_size(size_name)
     if steps is not None and steps < 1:
         raise BenchError("--steps must be at least 1")
     prepared, loop, prices = standalone(size, corpus, tokenizer_dir, device, dtype, lr, progress_bar,
-                                        f"pretrain {size.name}")
+                                        f"pretrain {size.name}", micro_batch=micro_batch)
     return pretrain(size, steps or defaults_for(size).parent_steps, prepared, loop, out, prices)

@@ -4,6 +4,7 @@ unit of every budget, one training step of a size from scratch."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ import torch
 import transformers
 from transformers import PretrainedConfig
 
-from bench import data
+from bench import data, distributed
 from bench.collectors.cost import load_prices
 from bench.errors import BenchError
 from bench.hardware import set_matmul_precision
@@ -74,7 +75,8 @@ class Prepared:
                                   self.config.batch_size, seed)
         validation = data.validation_batches(self.tokenized, self.objective, self.config.seq_len,
                                              self.config.batch_size)
-        return BatchSource(stream.batch, validation, self.config.seq_len * self.config.batch_size)
+        return BatchSource(stream.batch, validation, self.config.seq_len * self.config.batch_size,
+                           causal=self.objective == "causal")
 
     def fingerprint(self) -> dict:
         fingerprint = {**asdict(self.config), "corpus": self.corpus.fingerprint, "tokens": self.tokenized.fingerprint,
@@ -115,7 +117,7 @@ def resolve_device(name: str, dtype: str) -> tuple[torch.device, torch.dtype | N
         raise BenchError("--device cuda was asked for, but torch sees no CUDA device")
     if name not in ("cpu", "cuda"):
         raise BenchError(f"unknown device {name!r}; use auto, cpu or cuda")
-    device = torch.device(name)
+    device = distributed.rank_device(torch.device(name))  # under torchrun: this rank's GPU
     if dtype == "auto":
         dtype = "bf16" if device.type == "cuda" else "fp32"
     if dtype not in DTYPES[1:]:
@@ -151,6 +153,8 @@ def loop_config(pair: Pair, device: str = "auto", dtype: str = "auto", lr: float
     if isinstance(eval_points, bool) or not isinstance(eval_points, int) or eval_points < 1:
         raise BenchError(f"eval_points must be a whole number of at least 1, got {eval_points!r}")
     check_micro_batch(micro_batch, pair.defaults.batch_size if batch_size is None else batch_size)
+    distributed.check_batch(pair.defaults.batch_size if batch_size is None else batch_size,
+                            pair.defaults.micro_batch if micro_batch is None else micro_batch)
     torch_device, autocast, tf32 = resolve_device(device, dtype)
     set_matmul_precision(torch_device, tf32)
     optim = OptimConfig() if lr is None else OptimConfig(lr=lr)
@@ -164,6 +168,11 @@ def plain_phase(size: Size, prepared: Prepared, seed: int) -> Phase:
     return Phase("train", model)
 
 
+def plain_phases(size: Size, prepared: Prepared, seed: int) -> Iterator[Phase]:
+    """Training `size` from scratch, as a method's phases (a parent's pretraining)."""
+    yield plain_phase(size, prepared, seed)
+
+
 def scratch_step(size: Size, prepared: Prepared, loop: LoopConfig) -> tuple[float, float]:
     """(executed FLOPs, seconds) of one training step of `size` from scratch: the unit of --budget-steps."""
     phase = plain_phase(size, prepared, seed=0)
@@ -174,11 +183,13 @@ def scratch_step(size: Size, prepared: Prepared, loop: LoopConfig) -> tuple[floa
 
 
 def standalone(size: Size, corpus, tokenizer_dir, device, dtype, lr, progress_bar, label,
-               parent: ParentCheckpoint | None = None) -> tuple[Prepared, LoopConfig, dict]:
+               parent: ParentCheckpoint | None = None, micro_batch: int | None = None
+               ) -> tuple[Prepared, LoopConfig, dict]:
     """Data, loop settings and prices for a command that works on one size (pretrain, grow; `parent`: the
-    checkpoint grown, whose tokenizer and config the data and models take)."""
+    checkpoint grown, whose tokenizer and config the data and models take; `micro_batch`: rows, None = the
+    size's default)."""
     defaults = defaults_for(size)
     prepared_config = DataConfig(corpus, tokenizer_dir, defaults.seq_len, defaults.batch_size, defaults.vocab_size)
     pair = Pair(size, size)
-    loop = loop_config(pair, device, dtype, lr, progress_bar=progress_bar, label=label)
+    loop = loop_config(pair, device, dtype, lr, progress_bar=progress_bar, label=label, micro_batch=micro_batch)
     return prepare_data(pair, prepared_config, parent), loop, load_prices()

@@ -25,7 +25,7 @@ bench sweep [--pair bert-nano:bert-micro] [--methods scratch,stackbert,bert2bert
             [--amortize K] [--out DIR] [--resume] [--point NAME[,NAME...]] [--dry-run] [--report-only]
             [--no-extrapolate] [--no-share-scratch] [--method-arg METHOD.SETTING=VALUE]
             [--corpus PATH ...] [--tokenizer DIR] [--device auto|cpu|cuda] [--dtype auto|fp32|tf32|bf16] [--lr LR]
-            [--price-file F] [--price KEY=USD] [--country ISO3] [--no-progress]"""
+            [--micro-batch ROWS] [--price-file F] [--price KEY=USD] [--country ISO3] [--no-progress]"""
 BUDGET_HELP = ("comma-separated budgets, one point each: Nx = N × the pair's reference budget (its quick budget "
                "with --quick, the default; its default budget with --no-quick), e.g. 0.25x; N or Nsteps = N steps "
                "of LARGE from scratch (as --budget-steps); Fflops, e.g. 1e12flops = F training FLOPs (as --budget)")
@@ -85,8 +85,8 @@ def options_from(args: argparse.Namespace):
         budgets=parse_budgets(args.budgets), parent_steps=parse_parent_steps(args.parent_steps), seeds=args.seeds,
         quick=args.quick, points=points, resume=args.resume, amortize=amortize,
         share_scratch=not args.no_share_scratch, corpus=args.corpus, tokenizer=args.tokenizer, device=args.device,
-        dtype=args.dtype, lr=args.lr, price_file=args.price_file, prices=parse_prices(args.price), country=args.country,
-        progress_bar=True)
+        dtype=args.dtype, lr=args.lr, micro_batch=args.micro_batch, price_file=args.price_file,
+        prices=parse_prices(args.price), country=args.country, progress_bar=True)
 
 
 def run(args: argparse.Namespace, echo=print) -> int:

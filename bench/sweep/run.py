@@ -62,6 +62,7 @@ class SweepOptions:
     device: str = "auto"
     dtype: str = "auto"
     lr: float | None = None
+    micro_batch: int | None = None  # rows per gradient-accumulation chunk in every point's comparison; None: the pair's
     price_file: str | None = None
     prices: dict[str, float] = field(default_factory=dict)
     country: str = "WLD"
@@ -86,9 +87,10 @@ class Planned:
 def check_options(options: SweepOptions) -> None:
     """Everything that can be judged without data: BenchError (exit 2) before any work."""
     from bench.methods import make_method
+    from bench.runner.prepare import check_micro_batch
     from bench.sizes import parse_pair
 
-    parse_pair(options.pair)
+    check_micro_batch(options.micro_batch, parse_pair(options.pair).defaults.batch_size)
     for name in options.methods:
         make_method(name, options.method_args.get(name))
     unknown = sorted(set(options.method_args) - set(options.methods))
@@ -117,7 +119,8 @@ def plan_sweep(options: SweepOptions, echo: Callable[[str], None] = print) -> Pl
     parents = options.parent_steps or [defaults.quick_parent_steps if options.quick else defaults.parent_steps]
     echo(f"preparing data for {pair.name} ...")
     prepared = prepare_data(pair, _data_config(options, defaults, DataConfig))
-    loop = loop_config(pair, options.device, options.dtype, options.lr, progress_bar=False)
+    loop = loop_config(pair, options.device, options.dtype, options.lr, progress_bar=False,
+                       micro_batch=options.micro_batch)  # the points' loop: their step times and parents' cache keys
     large_flops, large_seconds = scratch_step(pair.large, prepared, loop)
     small_seconds = scratch_step(pair.small, prepared, loop)[1]
     budgets = resolve_budgets(options.budgets, reference_steps, large_flops)
@@ -227,8 +230,9 @@ def compare_config(plan: Plan, point: Point, options: SweepOptions, resume: bool
         pair=plan.pair, methods=list(plan.methods), method_args=plan.method_args,
         budget_unit="flops", budget_value=budget.flops if budget.steps is None else None, budget_steps=budget.steps,
         parent_steps=point.parent_steps, seeds=plan.seeds, quick=plan.quick, data=data, out=point.path(options.out),
-        resume=resume, device=options.device, dtype=options.dtype, lr=options.lr, price_file=options.price_file,
-        prices=options.prices, country=options.country, progress_bar=options.progress_bar)
+        resume=resume, device=options.device, dtype=options.dtype, lr=options.lr, micro_batch=options.micro_batch,
+        price_file=options.price_file, prices=options.prices, country=options.country,
+        progress_bar=options.progress_bar)
 
 
 def write_point_status(point: Point, out: Path, state: str, **fields) -> None:

@@ -1,4 +1,5 @@
-"""One CPU training step of the CPU pair's large model (bert-micro, vocab 8192, batch 16 x 64): tokens/s and MFU.
+"""One CPU training step of the CPU pair's large model (bert-micro, vocab 8192, batch 16 x 64), as the loop takes it
+(bench/step.py): tokens/s and MFU.
 
 Skipped by default (`--benchmark-skip` in addopts); run with `pytest tests/benchmarks/test_step.py --benchmark-only`.
 MFU is the step's executed FLOPs (FlopCounterMode, as the loop charges them) / (mean step seconds x the CPU's

@@ -55,11 +55,22 @@ def is_out_of_memory(error: BaseException) -> bool:
     return any(isinstance(link, MemoryError) or type(link).__name__ == "OutOfMemoryError" for link in _chain(error))
 
 
+_LOST_PEER_TYPES = ("DistBackendError", "DistNetworkError", "DistStoreError")
+_LOST_PEER_WORDS = ("Connection closed by peer", "Connection reset by peer")
+
+
+def is_lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a torchrun collective failing because another rank went away (it crashed, was killed, or
+    stopped on an error of its own)."""
+    return any(type(link).__name__ in _LOST_PEER_TYPES or any(words in str(link) for words in _LOST_PEER_WORDS)
+               for link in _chain(error))
+
+
 def is_environment_fault(error: BaseException) -> bool:
     """A fault of the machine or of the output location, not of one run: a caller that keeps going after a failed
     run (compare) should re-raise these, since every later run would fail the same way (a full disk, a folder that
     became read-only). Running out of memory is not one: another method may fit."""
-    return isinstance(error, EnvironmentFault) or is_disk_full(error) or (
+    return isinstance(error, EnvironmentFault) or is_disk_full(error) or is_lost_peer(error) or (
         isinstance(error, OSError) and not isinstance(error, BrokenPipeError))
 
 
@@ -87,6 +98,9 @@ def exit_code_and_message(error: BaseException) -> tuple[int, str]:
     if is_disk_full(error):
         where = next((_path_words(link) for link in _chain(error) if isinstance(link, OSError) and link.filename), "")
         return EXIT_ENVIRONMENT, "no space left on the device (or quota exceeded)" + (f": {where}" if where else "")
+    if is_lost_peer(error):
+        return EXIT_ENVIRONMENT, (f"another torchrun process left the run (its own error is reported first): "
+                                  f"{_first_line(error)}")
     if is_out_of_memory(error):
         return EXIT_ENVIRONMENT, f"out of memory ({_first_line(error)}): use a smaller pair, batch or another device"
     if isinstance(error, OSError):

@@ -136,3 +136,24 @@ def test_a_killed_torchrun_resumes_to_the_result_of_an_uninterrupted_one(one_and
     first = load_file(whole / "model" / "model.safetensors")
     second = load_file(out / "runs" / "scratch-s0" / "model" / "model.safetensors")
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_resuming_with_another_number_of_processes_is_refused(one_and_two, cache):
+    two = one_and_two[1]
+    def files() -> dict:  # but the lock, which names its last holder
+        return {path: path.read_bytes() for path in two.rglob("*") if path.is_file() and path.name != ".compare.lock"}
+
+    before = files()
+    result = compare(None, two, cache, "--methods", ",".join(METHODS), *COMMON, "--resume")
+    assert result.returncode == 2 and "train.world_size 2 -> 1" in result.stderr
+    assert files() == before
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused_on_rank_0(tmp_path, cache):
+    result = compare(3, tmp_path / "three", cache, "--methods", "scratch", *COMMON)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bench: error:")]
+    assert errors[0] == ("bench: error: the batch (16 rows) does not split evenly over 3 processes; run a number of "
+                         "processes that divides 16")
+    assert all("another torchrun process left the run" in line for line in errors[1:])  # not "a bug in growbench"
+    assert not (tmp_path / "three" / "manifest.json").exists()

@@ -6,15 +6,15 @@ Exit codes (bench/errors.py):
        failures are listed, then the command that retries them)
   2    bad input, or an output location that cannot be used (a read-only folder, a file where a folder belongs,
        permission denied): one line on stderr
-  3    an environment fault (disk full, quota exceeded, out of memory, an I/O error): one line on stderr; for
-       `compare` a second line with the command that continues (`--resume`)
+  3    an environment fault (disk full, quota exceeded, out of memory, an I/O error, another torchrun process
+       gone): one line on stderr; for `compare` a second line with the command that continues (`--resume`)
   4    an internal error (a bug in growbench): one line on stderr
   130  interrupted: for `compare`, finished runs are kept and the command that continues is printed
 No error prints a traceback; `bench --debug ...` re-raises it, traceback and all.
 
 Under torchrun (`torchrun --nproc-per-node N -m bench compare ...`) rank 0 runs the command and its exit code is
-rank 0's; the other ranks train their part of each run (bench/distributed.py). When rank 0 stops on an error,
-torchrun stops the others and reports the failure.
+rank 0's; the other ranks train their part of each run (bench/distributed.py). When a rank stops on an error, the
+others' collectives fail: they say "another torchrun process left the run" (exit 3), and torchrun reports the failure.
 
 Everything that can be checked without data is checked before anything is prepared or trained: the pair, the
 methods and each of their settings, the budget, the run selection, the output location, the corpus paths, the

@@ -63,10 +63,15 @@ def test_small_compare_writes_the_run_directory_and_resume_skips_finished_runs(c
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pair", ["gpt2-nano:gpt2-micro", "roberta-nano:roberta-micro"])
-def test_every_method_runs_on_the_gpt2_and_roberta_pairs(pair, corpus, tmp_path):
+def test_every_method_runs_on_the_gpt2_and_roberta_pairs(pair, corpus, tmp_path, monkeypatch):
+    from bench import calibration
+
+    monkeypatch.setattr(calibration, "ROUNDS", 1)  # the calibration's statistics are not what this tests
+    monkeypatch.setattr(calibration, "REPEATS", 1)
     out = tmp_path / "run"
     argv = ["compare", "--pair", pair, "--methods", "all,stackbert:progressive,bert2bert:fpi,ligo:fpi", "--seeds", "1",
-            "--budget-steps", "8", "--parent-steps", "4", "--corpus", str(corpus), "--out", str(out), "--no-progress"]
+            "--budget-steps", "8", "--parent-steps", "4", "--eval-points", "2", "--corpus", str(corpus), "--out", str(out),
+            "--no-progress"]
     for method in ("ligo", "ligo:fpi"):
         argv += ["--method-arg", f"{method}.operator_steps=2", "--method-arg", f"{method}.operator_warmup_steps=1"]
     assert main(argv) == 0

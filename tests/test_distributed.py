@@ -21,15 +21,17 @@ from bench.distributed import TEST_NAN, TEST_NO_WRITES
 
 pytestmark = pytest.mark.slow
 
+QUICK_BENCH = Path(__file__).parent / "quick_bench.py"  # `bench`, with a one-round calibration
 METHODS = ["scratch", "mslt", "bert2bert", "ki", "ligo"]
 COMMON = ["--budget-steps", "20", "--parent-steps", "10", "--eval-points", "4", "--seeds", "1", "--no-progress"]
 
 
 def compare(processes: int | None, out: Path, cache: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """`bench compare` as one plain process (`processes` None) or under `torchrun --nproc-per-node processes`."""
+    """`bench compare` as one plain process (`processes` None) or under `torchrun --nproc-per-node processes`, with
+    its own TMPDIR."""
     launcher = [] if processes is None else ["-m", "torch.distributed.run", "--standalone",
                                              f"--nproc-per-node={processes}"]
-    command = [sys.executable, *launcher, "-m", "bench", "compare", "--out", str(out),
+    command = [sys.executable, *launcher, str(QUICK_BENCH), "compare", "--out", str(out),
                "--corpus", str(cache.parent / "corpus"), *args]
     temporary = out.parent / "tmp"  # libraries' own temporary files (torch's compile cache) go here
     temporary.mkdir(exist_ok=True)

@@ -152,13 +152,19 @@ def check_batch(batch_size: int, micro_batch: int | None) -> None:
                          f"({rows} rows of {batch_size} over {size} processes)")
 
 
-def test_poison(loss: torch.Tensor, step: int) -> torch.Tensor:
-    """`loss`, made NaN on the rank and global step GROWBENCH_TEST_NAN names (tests of the ranks' agreement)."""
+def _poison_at() -> tuple[int, int] | None:
     text = os.environ.get(TEST_NAN)
-    if not text:
+    return tuple(int(part) for part in text.split(":")) if text else None
+
+
+_POISON_AT = _poison_at()  # read once: the step loop asks at every micro-batch
+
+
+def poisoned_for_test(loss: torch.Tensor, step: int) -> torch.Tensor:
+    """`loss`, made NaN on the rank and global step GROWBENCH_TEST_NAN names (tests of the ranks' agreement)."""
+    if _POISON_AT is None or _POISON_AT != (_world.rank, step):
         return loss
-    rank, at = (int(part) for part in text.split(":"))
-    return loss * float("nan") if rank == _world.rank and step == at else loss
+    return loss * float("nan")
 
 
 # ----------------------------------------------------------------------------------- jobs: rank 0 leads

@@ -142,8 +142,8 @@ def new_optimizer(groups: list[dict], device: torch.device, **settings) -> torch
 
 
 def optimizer_step(loss_of: StepLoss, trainable: list[nn.Parameter], optimizer: torch.optim.AdamW, lr: float,
-                   chunks: list[tuple[Batch, float]], local_step: int, progress: float, grad_clip: float,
-                   config, world: World, global_step: int) -> torch.Tensor:
+                   chunks: list[tuple[Batch, float]], local_step: int, progress: float, config, world: World,
+                   global_step: int) -> torch.Tensor:
     """One step over the micro-batches; the step's loss (this rank's part of the global mean) as a device tensor."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -151,11 +151,11 @@ def optimizer_step(loss_of: StepLoss, trainable: list[nn.Parameter], optimizer: 
     for number, (chunk, weight) in enumerate(chunks):
         last = number == len(chunks) - 1
         with contextlib.nullcontext() if last else loss_of.no_sync(), autocast(config):
-            loss = distributed.test_poison(loss_of.forward(chunk, local_step, progress), global_step) * weight
+            loss = distributed.poisoned_for_test(loss_of.forward(chunk, local_step, progress), global_step) * weight
         (loss * world.size).backward()  # DDP averages gradients over ranks; the weights already sum to 1 over them
         total = loss.detach() if total is None else total + loss.detach()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    if config.optim.grad_clip:
+        torch.nn.utils.clip_grad_norm_(trainable, config.optim.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total

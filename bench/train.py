@@ -261,8 +261,7 @@ class _Run:
                     flops, units = plan[state.local_step]
                     lr = _phase_lr(phase, state.local_step, len(plan), config.optim, ledger.progress)
                     loss = optimizer_step(loss_of, phase.trainable, optimizer, lr, self.batches.get(ledger.step),
-                                          state.local_step, ledger.progress, config.optim.grad_clip, config, world,
-                                          ledger.step + 1)
+                                          state.local_step, ledger.progress, config, world, ledger.step + 1)
                     ledger.step, ledger.tokens = ledger.step + 1, ledger.tokens + self.data.tokens_per_step
                     ledger.flops, ledger.spent = ledger.flops + flops, ledger.spent + units
                     state.local_step += 1

@@ -62,7 +62,7 @@ class MicroStep:
         chunks = StepBatches(lambda _: self.batch, False, None, config.device, world).get(step)
         meter = LossMeter(config.device)
         meter.add(optimizer_step(StepLoss.of(self.phase, config.device, world), self.phase.trainable, self.optimizer,
-                                 1e-4, chunks, step, 0.0, config.optim.grad_clip, config, world, step), step)
+                                 1e-4, chunks, step, 0.0, config, world, step), step)
         meter.read(world)
 
 

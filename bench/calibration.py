@@ -21,11 +21,17 @@ once, before the first run, in the runs' device and dtype, and again after the l
   update (on the throwaway phases, at learning rate 0): what a training step should take here, the
   denominator of a phase's `slowdown`.
 
-A phase is `contended` when its measured train step time is more than CONTENTION_THRESHOLD x its calibrated
-full step (over at least MIN_JUDGED_STEPS steps: the first steps of a phase carry one-off costs). The ratio
-stays near 1 while the machine's load is what it was at calibration (1.1-1.3 measured on a 2-core VM; the loop
-adds batch building and bookkeeping to the calibrated step); other work arriving on the same cores makes it
-2-15 (tests/test_calibration.py's burner).
+A value is a measurement only where its rounds agree (all within SPREAD_TOLERANCE of the fastest; else
+RETAKE_ROUNDS more, and `rounds` of them must) and its after value agrees with it (else timed again, minimum over
+both); otherwise `reliable` is False with an `unreliable_reason` (calibration.csv). A run whose train steps beat
+FASTEST_PLAUSIBLE_SLOWDOWN x the calibrated full step proves it wrong too (clock.py says so in phases.csv).
+
+A phase is `contended` (`contention_verdict`, the one judgement phases.csv and the report share) when its
+measured train step time is more than CONTENTION_THRESHOLD x its calibrated full step (over at least
+MIN_JUDGED_STEPS steps: the first steps of a phase carry one-off costs), and not judged against an unreliable
+calibration. The ratio stays near 1 while the machine's load is what it was at calibration (1.1-1.3 measured on a
+2-core VM; the loop adds batch building and bookkeeping to the calibrated step); other work arriving on the same
+cores makes it 2-15 (tests/test_calibration.py's burner).
 """
 
 from __future__ import annotations
@@ -56,13 +62,60 @@ CONTENTION_THRESHOLD = 1.5
 """A phase whose train step took more than this x its calibrated full step ran on a busy machine."""
 MIN_JUDGED_STEPS = 5
 """Phases with fewer steps are not judged: their one-off first-step costs dominate."""
-DRIFT_FLOOR = 0.05
-"""Before/after tables "differ beyond their spread" when their round ranges do not overlap and the gap is
-more than this fraction of the before value."""
+SPREAD_TOLERANCE = 0.25
+"""Round medians of a signature agree, and so do its before and after values, when they lie within this fraction
+of the fastest. Measured on a quiet 2-core VM (bert-nano:bert-micro, scratch + stackbert + bert2bert: 5 signatures,
+3 rounds of 3 steps, timed 11 times): spreads up to 0.17 (a 6.5 ms step; 0.04 and under for most), the same
+signature's value from one calibration to the next within 0.08. A loaded machine gave spreads up to 5.2 and a
+12x before/after difference."""
+RETAKE_ROUNDS = 3
+"""Rounds added to the signatures whose rounds disagree."""
+FASTEST_PLAUSIBLE_SLOWDOWN = 0.5
+"""A phase's train step below this x its calibrated full step is impossible under a sound calibration (the loop does
+the calibrated step's work and more: 1.1-1.3x on a quiet machine): the calibration of its signature was slow."""
 BEFORE, AFTER = "before", "after"
 COLUMNS = ("when", "signature", "step_s", "full_step_s", "spread", "device", "dtype", "repeats", "seconds", "label",
            "phases")
-"""calibration.csv's columns; round_1_s, round_2_s, ... (the round medians of step_s) sit after `spread`."""
+"""calibration.csv's required columns; round_1_s, round_2_s, ... (the round medians of step_s) sit after `spread`."""
+RELIABILITY_COLUMNS = ("reliable", "unreliable_reason")
+"""calibration.csv's last columns; a table written before them is judged from its rounds when loaded."""
+UNRELIABLE_MARK = ", unreliable: "
+"""What follows a label (phases.csv's `reference_source`) before each reason its number rests on no measurement."""
+
+
+def marked_unreliable(label: str, reason: str) -> str:
+    """`label`, followed by ", unreliable: <reason>" when there is a reason."""
+    return f"{label}{UNRELIABLE_MARK}{reason}" if reason else label
+
+
+def unreliable_reasons(label: str) -> list[str]:
+    """The reasons `marked_unreliable` added to `label` (none for a label of a measurement)."""
+    return [part.split(" + ")[0] for part in str(label).split(UNRELIABLE_MARK)[1:]]
+
+
+def contention_verdict(slowdown: float, steps: int, calibration_reliable: bool = True) -> bool | None:
+    """Whether a phase ran on a busy machine: `slowdown` (train step / calibrated full step) above
+    CONTENTION_THRESHOLD over at least MIN_JUDGED_STEPS steps. None where not judged: too few steps, no calibrated
+    step, an unreliable calibration, or a slowdown below FASTEST_PLAUSIBLE_SLOWDOWN (which makes it unreliable)."""
+    judged = steps >= MIN_JUDGED_STEPS and math.isfinite(slowdown) and calibration_reliable
+    return bool(slowdown > CONTENTION_THRESHOLD) if judged and too_fast_reason(slowdown) is None else None
+
+
+def too_fast_reason(slowdown: float) -> str | None:
+    """Why a phase's `slowdown` proves its calibration wrong, or None when it does not (0: no train time measured)."""
+    return (f"the train steps ran {1 / slowdown:.2g}x faster than calibrated (slowdown {slowdown:.2g}, below "
+            f"{FASTEST_PLAUSIBLE_SLOWDOWN:g})") if 0 < slowdown < FASTEST_PLAUSIBLE_SLOWDOWN else None
+
+
+def rounds_disagreement(rounds: list[float], needed: int) -> str:
+    """Why round medians make no measurement ("" when they do): fewer than `needed` of them (at most all) lie
+    within SPREAD_TOLERANCE of the fastest."""
+    fastest = min(rounds)
+    agreeing = sum(value <= (1 + SPREAD_TOLERANCE) * fastest for value in rounds)
+    if agreeing >= min(needed, len(rounds)):
+        return ""
+    return (f"rounds disagree: {agreeing} of {len(rounds)} within {SPREAD_TOLERANCE:.0%} of the fastest "
+            f"({fastest:.3g} s), spread {(max(rounds) - fastest) / fastest:.2g}")
 
 
 # --------------------------------------------------------------------------- signature
@@ -107,6 +160,11 @@ class Timing:
     full_step_s: float  # min over rounds of the median full step (+ clipping and the update)
     label: str = ""
     phases: list[str] = field(default_factory=list)  # method/phase[variant] names that run this signature
+    unreliable_reason: str = ""  # why the value is no measurement; "" when it is one
+
+    @property
+    def reliable(self) -> bool:
+        return not self.unreliable_reason
 
     @property
     def step_s(self) -> float:
@@ -132,10 +190,20 @@ class CalibrationTable:
     def get(self, signature: str) -> Timing | None:
         return self.before.get(signature)
 
+    @property
+    def reliable(self) -> bool:
+        """Whether every value the runs use (the before table) is a measurement."""
+        return all(timing.reliable for timing in self.before.values())
+
+    def unreliable(self) -> dict[str, str]:
+        """Why, by signature, a before value is no measurement."""
+        return {signature: timing.unreliable_reason for signature, timing in self.before.items()
+                if not timing.reliable}
+
     def save(self, path: Path) -> None:
         """calibration.csv, atomically: one row per (when, signature); floats as repr, so they reload exactly."""
         rounds = max((len(timing.rounds) for timing in [*self.before.values(), *self.after.values()]), default=0)
-        header = [*COLUMNS[:5], *(f"round_{i + 1}_s" for i in range(rounds)), *COLUMNS[5:]]
+        header = [*COLUMNS[:5], *(f"round_{i + 1}_s" for i in range(rounds)), *COLUMNS[5:], *RELIABILITY_COLUMNS]
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
@@ -144,7 +212,8 @@ class CalibrationTable:
                     cells = [repr(value) for value in timing.rounds] + [""] * (rounds - len(timing.rounds))
                     writer.writerow([when, timing.signature, repr(timing.step_s), repr(timing.full_step_s),
                                      repr(timing.spread), *cells, self.device, self.dtype, self.repeats,
-                                     repr(self.seconds), timing.label, "; ".join(timing.phases)])
+                                     repr(self.seconds), timing.label, "; ".join(timing.phases), timing.reliable,
+                                     timing.unreliable_reason])
 
     @classmethod
     def load(cls, path: Path) -> CalibrationTable:
@@ -165,10 +234,12 @@ class CalibrationTable:
                     raise ValueError(f"bad row for signature {signature!r}")
                 timings = table.before if when == BEFORE else table.after
                 timings[signature] = Timing(signature, rounds, full, row["label"],
-                                            [name for name in row["phases"].split("; ") if name])
+                                            [name for name in row["phases"].split("; ") if name],
+                                            _stored_reason(row, rounds))
                 table.device, table.dtype, table.repeats = row["device"], row["dtype"], int(row["repeats"])
                 if when == BEFORE:
                     table.seconds = float(row["seconds"])
+            table.mark_drift()  # whatever the rows say: a disagreeing after value makes the before one no measurement
         except FileNotFoundError:
             raise BenchError(f"{path} does not exist") from None
         except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError, AttributeError) as error:
@@ -177,17 +248,36 @@ class CalibrationTable:
         return table
 
     def drift(self) -> list[tuple[str, float]]:
-        """(signature, after / before - 1) of every signature whose before and after round ranges do not overlap
-        and lie more than DRIFT_FLOOR apart."""
+        """(signature, after / before - 1) of every signature whose after value differs from its before value by
+        more than SPREAD_TOLERANCE (of the faster of the two)."""
         moved = []
         for signature, before in self.before.items():
             after = self.after.get(signature)
-            if after is None:
-                continue
-            gap = max(min(after.rounds) - max(before.rounds), min(before.rounds) - max(after.rounds))
-            if gap > DRIFT_FLOOR * before.step_s:
+            if after is not None and max(after.step_s, before.step_s) > (1 + SPREAD_TOLERANCE) * min(
+                    after.step_s, before.step_s):
                 moved.append((signature, after.step_s / before.step_s - 1))
         return moved
+
+    def mark_drift(self) -> None:
+        """Mark unreliable the before value of every signature in `drift()` (once)."""
+        for signature, change in self.drift():
+            before, after = self.before[signature], self.after[signature]
+            reason = (f"before and after the runs disagree: {before.step_s:.3g} s before the first run, "
+                      f"{after.step_s:.3g} s after the last ({change:+.0%})")
+            if reason not in before.unreliable_reason:
+                before.unreliable_reason = "; ".join(filter(None, [before.unreliable_reason, reason]))
+
+
+def _stored_reason(row: dict, rounds: list[float]) -> str:
+    """A calibration.csv row's `unreliable_reason`; for a row written before the column, judged from its rounds."""
+    if row.get(RELIABILITY_COLUMNS[0]) in (None, ""):
+        return rounds_disagreement(rounds, len(rounds))
+    if row[RELIABILITY_COLUMNS[0]] not in ("True", "False"):
+        raise ValueError(f"bad `reliable` for signature {row['signature']!r}")
+    reason = row.get(RELIABILITY_COLUMNS[1]) or ""
+    if (row[RELIABILITY_COLUMNS[0]] == "True") == bool(reason):
+        raise ValueError(f"`reliable` and `unreliable_reason` disagree for signature {row['signature']!r}")
+    return reason
 
 
 # --------------------------------------------------------------------------- building and timing the phases
@@ -296,8 +386,9 @@ def calibrate(methods: dict[str, Any], context: Callable[[Any, int], Any], seeds
               echo: Callable[[str], None] = print) -> CalibrationTable:
     """The calibration table of a comparison: every phase signature `methods` will run (built by each method's
     generator on `context(method, seed)`, planned on `source(seed)` under `budget`), timed in `rounds`
-    interleaved rounds (default ROUNDS) of `repeats` (REPEATS) timed steps. A method whose phases cannot be built
-    is left out with a message: its runs fail or calibrate on their own."""
+    interleaved rounds (default ROUNDS) of `repeats` (REPEATS) timed steps, RETAKE_ROUNDS more for the signatures
+    whose rounds disagree (then marked unreliable unless `rounds` of them agree). A method whose phases cannot be
+    built is left out with a message: its runs fail or calibrate on their own."""
     rounds, repeats = rounds or ROUNDS, repeats or REPEATS
     started = time.perf_counter()
     entries: dict[str, _Entry] = {}
@@ -318,15 +409,26 @@ def calibrate(methods: dict[str, Any], context: Callable[[Any, int], Any], seeds
                     break  # the same phases for every seed
         order = list(entries)
         timings: dict[str, tuple[list[float], list[float]]] = {signature: ([], []) for signature in order}
-        for round_index in range(rounds):  # interleaved, each round starting one signature further on
-            start = round_index % len(order) if order else 0
-            for signature in order[start:] + order[:start]:
-                reference, full = _time(entries[signature], loop, repeats)
-                timings[signature][0].append(reference)
-                timings[signature][1].append(full)
+
+        def time_rounds(signatures: list[str], count: int) -> None:
+            for round_index in range(count):  # interleaved, each round starting one signature further on
+                start = round_index % len(signatures)
+                for signature in signatures[start:] + signatures[:start]:
+                    reference, full = _time(entries[signature], loop, repeats)
+                    timings[signature][0].append(reference)
+                    timings[signature][1].append(full)
+
+        if order:
+            time_rounds(order, rounds)
+        disagreeing = [signature for signature in order if rounds_disagreement(timings[signature][0], rounds)]
+        if disagreeing:
+            echo(f"calibration: the rounds of {len(disagreeing)} phase signature(s) disagree by more than "
+                 f"{SPREAD_TOLERANCE:.0%}; {RETAKE_ROUNDS} more rounds")
+            time_rounds(disagreeing, RETAKE_ROUNDS)
     table = CalibrationTable(
         {signature: Timing(signature, timings[signature][0], min(timings[signature][1]), entries[signature].label,
-                           entries[signature].phases) for signature in order},
+                           entries[signature].phases, rounds_disagreement(timings[signature][0], rounds))
+         for signature in order},
         device=str(loop.device), dtype=str(loop.autocast_dtype or torch.float32).removeprefix("torch."),
         repeats=repeats)
     table.seconds = time.perf_counter() - started
@@ -348,26 +450,53 @@ def comparison_table(path: Path, resume: bool, calibrated: Callable[[], Calibrat
         return table
     table = calibrated()
     table.save(path)
-    echo(f"calibration: {len(table.before)} phase signatures timed in {table.seconds:.1f} s -> {path}")
+    echo(f"calibration: {len(table.before)} phase signatures timed in {table.seconds:.1f} s -> {path}"
+         + _unreliable_note(table))
     return table
+
+
+def _unreliable_note(table: CalibrationTable) -> str:
+    unreliable = table.unreliable()
+    if not unreliable:
+        return ""
+    return (f"; unreliable for {len(unreliable)} of them (first: {next(iter(unreliable.values()))}): the machine was "
+            "busy; reference time and contention there are marked unreliable")
 
 
 def recalibrate_after(table: CalibrationTable, path: Path, calibrated: Callable[[], CalibrationTable],
                       echo: Callable[[str], None] = print) -> None:
-    """The same signatures timed again after the last run, saved next to the first table."""
+    """The same signatures timed again after the last run, saved next to the first table. Those whose after value
+    differs from the before one by more than SPREAD_TOLERANCE are timed again (a second calibration; the minimum
+    over both), and the before value of any that still differ is marked unreliable."""
     after = calibrated()
-    table.after = after.before
-    table.after_seconds = after.seconds
+    table.after, table.after_seconds = after.before, after.seconds
+    moved = table.drift()
+    if moved:
+        echo(f"calibration after the last run: {len(moved)} signature(s) differ from the first table by more than "
+             f"{SPREAD_TOLERANCE:.0%}; timing them again")
+        again = calibrated()
+        table.after_seconds += again.seconds
+        for signature, _ in moved:
+            first, more = table.after[signature], again.before.get(signature)
+            if more is not None:
+                rounds = first.rounds + more.rounds
+                table.after[signature] = Timing(signature, rounds, min(first.full_step_s, more.full_step_s),
+                                                first.label, first.phases, rounds_disagreement(rounds, ROUNDS))
+        table.mark_drift()
     table.save(path)
     moved = table.drift()
-    echo(f"calibration after the last run: {len(table.after)} signatures in {after.seconds:.1f} s"
-         + (f"; {len(moved)} moved beyond their spread since the first" if moved else ""))
+    echo(f"calibration after the last run: {len(table.after)} signatures in {table.after_seconds:.1f} s"
+         + (f"; {len(moved)} differ from the first table by more than {SPREAD_TOLERANCE:.0%}" if moved else "")
+         + _unreliable_note(table))
 
 
 def manifest_entry(table: CalibrationTable) -> dict:
-    """What the manifest says about the table."""
-    rounds = max((len(timing.rounds) for timing in table.before.values()), default=0)
+    """What the manifest says about the table (`rounds`: the fewest any signature got, the ones asked for unless
+    every signature was timed again)."""
+    rounds = min((len(timing.rounds) for timing in table.before.values()), default=0)
     after = None if math.isnan(table.after_seconds) else table.after_seconds
     return {"file": CALIBRATION_FILE, "signatures": len(table.before), "rounds": rounds, "repeats": table.repeats,
             "seconds": table.seconds, "after_seconds": after, "device": table.device,
-            "dtype": table.dtype, "contention_threshold": CONTENTION_THRESHOLD, "min_judged_steps": MIN_JUDGED_STEPS}
+            "dtype": table.dtype, "contention_threshold": CONTENTION_THRESHOLD, "min_judged_steps": MIN_JUDGED_STEPS,
+            "reliable": table.reliable, "unreliable": table.unreliable(), "spread_tolerance": SPREAD_TOLERANCE,
+            "fastest_plausible_slowdown": FASTEST_PLAUSIBLE_SLOWDOWN}

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
-FORMAT = 2
+FORMAT = 3
 LATEST = "LATEST"
 TEST_KILL = "GROWBENCH_TEST_KILL"
 """Tests only: `PHASE:STEP[:INT][:save]` makes the process send itself SIGKILL (SIGINT with `INT`) once it has
@@ -168,7 +168,8 @@ class Checkpoints:
             "ledger": {key: getattr(ledger, key) for key in ("spent", "step", "tokens", "flops", "next_eval")},
             "plan": {"steps": state.plan.steps, "costs": state.plan.costs},
             "local_step": state.local_step, "loss_sum": state.loss_sum, "loss_steps": state.loss_steps,
-            "phase_start": list(state.phase_start), "curve": state.curve, "phase_rows": state.phase_rows,
+            "phase_start": list(state.phase_start), "boundary": state.boundary, "curve": state.curve,
+            "phase_rows": state.phase_rows,
             "settings": phase.settings, "collectors": totals, "rng": rng_state(),
         }
 
@@ -236,6 +237,7 @@ class Saved:
         state.curve, state.phase_rows = saved["curve"], saved["phase_rows"]
         state.local_step, state.loss_sum, state.loss_steps = saved["local_step"], saved["loss_sum"], saved["loss_steps"]
         state.phase_start = tuple(saved["phase_start"])
+        state.boundary = dict(saved["boundary"])
 
     def plan(self, phase: Phase) -> StepPlan:
         from bench.step_plan import StepPlan

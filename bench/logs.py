@@ -45,6 +45,14 @@ def echo(text: str) -> None:
         print(text, flush=True)
 
 
+def warn(text: str) -> None:
+    """A warning about the result (not an error): on stderr, or a `warning` event; nothing when quiet."""
+    if _mode == "json":
+        event("warning", text=text)
+    elif _mode != "quiet":
+        print(text, file=sys.stderr, flush=True)
+
+
 def _bars() -> bool:
     return _mode == "auto" and sys.stderr.isatty()
 

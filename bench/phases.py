@@ -14,6 +14,26 @@ from torch import nn
 
 from bench.objective import lm_loss
 
+OPTIMIZER_HANDLING = ("fresh", "carry")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a phase's learning rate follows the run's schedule: linear warmup over the first `warmup` of the budget
+    (None: the run's warmup fraction; 0: none, the phase starts at the peak), then linear decay to 0 at the budget,
+    with a peak of `lr_scale` times the run's. Measured from the start of the run, so the stages of a progressive
+    method share one schedule, and a grown model that should not warm up again says `warmup=0`."""
+
+    warmup: float | None = None
+    lr_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.warmup is not None and not 0 <= self.warmup < 1:
+            raise ValueError(f"a schedule's warmup is a fraction of the budget in [0, 1), got {self.warmup}")
+        if not self.lr_scale > 0:
+            raise ValueError(f"a schedule's lr_scale must be > 0, got {self.lr_scale}")
+
+
 LossFn = Callable[[dict[str, torch.Tensor], int, float], torch.Tensor]
 """(batch, step, progress) -> scalar loss. `step` counts the phase's steps from 0; `progress` is the
 fraction of the run's budget already spent when the step starts."""
@@ -35,19 +55,23 @@ class Phase:
                `eval_model` only exists after the phase (LiGO's operator) scores its own forward.
     extra_forward: models that run forward only inside `loss` (KI's teacher); the analytic FLOP
                count charges them, and they must never change.
-    lr, warmup_steps: an own schedule (warmup, then linear decay to 0 at the phase's end) with
-               this peak; default: the run's schedule, which ends exactly at the budget.
+    schedule:  how the phase follows the run's schedule (which ends exactly at the budget): its warmup and
+               its peak relative to the run's (`Schedule`); default the run's own.
+    lr, warmup_steps: or an own schedule (warmup, then linear decay to 0 at the phase's end) with this peak
+               (LiGO's operator, whose parameters are not the model's).
     variant:   for a phase whose step structure changes from step to step (bert2BERT's sampled
                sub-models): step -> a hashable key, deterministic. The loop counts the FLOPs of
                each distinct key once and charges every step what its own key costs.
-    keep_optimizer: continue the previous phase's AdamW state instead of a fresh one; the phase
-               must train the same parameters (KI's switch from teacher-guided to plain training).
+    optimizer: "fresh" (a new AdamW) or "carry": every parameter that the previous phase trained and this
+               one trains again, unchanged (the same tensor, or the same name, shape and values after a surgery),
+               keeps its AdamW moments and step count; the others start fresh (KI's switch from teacher-guided
+               to plain training, MSLT's joint stage).
     fits_init: the phase only fits the grown model's initialisation (LiGO's operator); `bench grow`
                runs such phases and stops at the first phase that is not one.
     settings:  what the method chose for this phase, recorded in phases.csv.
 
     `plain` (derived) says the phase is plain training: every parameter of `model` trains on the default
-    LM loss, on the run's schedule, with no extra passes and no variants. The loop records it, so that a
+    LM loss, on the run's schedule (its `schedule` may set the warmup and peak), with no extra passes and no variants. The loop records it, so that a
     report can tell the budget spent on plain LARGE training from what a method spent around it.
     """
 
@@ -60,10 +84,11 @@ class Phase:
     eval_model: nn.Module | None = None
     evaluate: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
     extra_forward: list[nn.Module] = field(default_factory=list)
+    schedule: Schedule = field(default_factory=Schedule)
     lr: float | None = None
     warmup_steps: int = 0
     variant: Callable[[int], Hashable] | None = None
-    keep_optimizer: bool = False
+    optimizer: str = "fresh"
     fits_init: bool = False
     settings: dict = field(default_factory=dict)
     plain: bool = field(init=False)
@@ -71,6 +96,8 @@ class Phase:
     def __post_init__(self):
         if self.share is not None and self.steps is not None:
             raise ValueError(f"phase {self.name}: give share or steps, not both")
+        if self.optimizer not in OPTIMIZER_HANDLING:
+            raise ValueError(f"phase {self.name}: optimizer must be one of {', '.join(OPTIMIZER_HANDLING)}")
         self.plain = (self.trainable is None and self.loss is None and self.eval_model is None
                       and not self.extra_forward and self.variant is None and self.lr is None)
         if self.trainable is None:

@@ -50,7 +50,8 @@ class StepPlan:
 
 
 class StepCosts:
-    """Executed FLOPs and budget units per step, counted once per distinct phase variant."""
+    """Executed FLOPs and budget units per step, counted once per distinct phase variant (on the phase's first
+    batch: every batch scores as many predictions, see `step_flops`)."""
 
     def __init__(self, phase: Phase, ledger: Ledger, data: BatchSource, config: LoopConfig):
         self.phase, self.ledger, self.data, self.config = phase, ledger, data, config
@@ -146,8 +147,10 @@ class StepCosts:
 
 def step_flops(phase: Phase, batch: Batch, config: LoopConfig, local_step: int = 0) -> float:
     """Executed FLOPs of one training step of `phase`, counted by running it: its first micro-batch,
-    scaled by the rows of the whole batch (micro-batches differ only in which positions are masked,
-    as whole steps do)."""
+    scaled by the rows of the whole batch. Exact for every micro-batch and every step of the phase: micro-batches
+    and steps differ only in which positions are scored, never in how many (every position but the last for
+    causal LM; for masked LM the same count in every row, `bench.data.batches.mask_tokens`), and the MLM head,
+    which runs on the scored positions only, is the one part whose cost depends on the batch."""
     chunks = micro_batches(to_device(batch, config.device), config.micro_batch)
     rows = batch["input_ids"].shape[0] / chunks[0]["input_ids"].shape[0]
     return float(count_executed_step(phase, chunks[0], local_step)) * rows

@@ -33,7 +33,7 @@ from bench.distributed import World
 from bench.errors import BenchError
 from bench.logs import RunProgress
 from bench.objective import with_scored_positions
-from bench.phases import Phase
+from bench.phases import Phase, Schedule
 from bench.step import Batch, LossMeter, StepBatches, StepLoss, autocast, new_optimizer, optimizer_step, to_device
 from bench.step_plan import MAX_PHASE_STEPS, StepCosts, StepPlan, step_flops, step_seconds
 
@@ -70,11 +70,14 @@ class OptimConfig:
     warmup_fraction: float = 0.06
     grad_clip: float = 1.0
 
-    def lr_at(self, progress: float) -> float:
-        """Linear warmup over the first `warmup_fraction` of the budget, then linear decay to 0 at it."""
-        if progress < self.warmup_fraction:
-            return self.lr * progress / self.warmup_fraction
-        return self.lr * max(0.0, 1.0 - progress) / (1.0 - self.warmup_fraction)
+    def lr_at(self, progress: float, schedule: Schedule = Schedule()) -> float:
+        """Linear warmup over the first `warmup_fraction` of the budget (or the schedule's own warmup), then linear
+        decay to 0 at it, peaking at `lr` (times the schedule's `lr_scale`)."""
+        warmup = self.warmup_fraction if schedule.warmup is None else schedule.warmup
+        peak = self.lr * schedule.lr_scale
+        if progress < warmup:
+            return peak * progress / warmup
+        return peak * max(0.0, 1.0 - progress) / (1.0 - warmup)
 
 
 @dataclass
@@ -152,6 +155,7 @@ class LoopState:
     loss_sum: float = 0.0  # train losses since the last eval point, summed
     loss_steps: int = 0  # ... over this many steps
     phase_start: tuple[int, int, float] = (0, 0, 0.0)  # ledger step, tokens, FLOPs when the phase started
+    boundary: dict = field(default_factory=dict)  # the phase's validation loss at its start and after its first 1%
 
 
 def train_phases(
@@ -198,7 +202,7 @@ class _Run:
 
     def phases(self, phases: Iterator[Phase], init_only: bool, saved: Saved | None) -> RunResult:
         state, config, collectors = self.state, self.config, self.collectors
-        phase, optimizer = None, None
+        phase, previous = None, None
         for index in itertools.count():
             # building a phase is growth surgery or materialisation, in the run's dtype (LiGO's grown weights are
             # those its bf16 operator phase computed)
@@ -213,7 +217,8 @@ class _Run:
                 self.evaluate(phase, train_loss=math.nan)
                 return RunResult(state.curve, state.phase_rows, phase.eval_model, state.curve[-1]["val_loss"])
             _to_device(phase, config.device)
-            optimizer = _optimizer_for(phase, optimizer, config.optim, config.device)
+            optimizer = _optimizer_for(phase, previous, config.optim, config.device)
+            previous = (phase, optimizer)
             state.phase_index = index
             if saved and index < saved.phase_index:  # trained before the checkpoint: its trained state, no training
                 saved.restore_finished(phase, state)
@@ -243,15 +248,17 @@ class _Run:
                 state.plan = _shared_plan(plan, phase)  # rank 0 plans, every rank takes the same steps
                 state.local_step, state.loss_sum, state.loss_steps = 0, 0.0, 0
                 state.phase_start = (ledger.step, ledger.tokens, ledger.flops)
+                state.boundary = {}
             else:  # the rest of `state` came with the checkpoint
                 state.plan = saved.plan(phase)
             collectors.start_phase(phase, self.batches.example(state.phase_start[0]), len(state.plan))
             if saved is not None:
                 saved.restore_phase(phase, optimizer, collectors)  # weights, AdamW, collectors' totals, RNG streams
         if saved is None:
-            self.evaluate(phase, train_loss=math.nan)
+            state.boundary["val_loss_start"] = self.evaluate(phase, train_loss=math.nan)
 
         plan, loss_of, meter = state.plan, StepLoss.of(phase, config.device, world), LossMeter(config.device)
+        early_step = early_steps(len(plan))
         self.progress.start_phase(phase.name, len(plan), state.local_step)
         diverged, save = None, False
         while state.local_step < len(plan) and not diverged:
@@ -267,7 +274,8 @@ class _Run:
                     state.local_step += 1
                     meter.add(loss, ledger.step)
                     at_eval = ledger.eval_due() or state.local_step == len(plan)
-                    if not (at_eval or state.local_step % config.steps_between_reads == 0):
+                    at_early = state.local_step == early_step
+                    if not (at_eval or at_early or state.local_step % config.steps_between_reads == 0):
                         continue
                     wanted = world.leader and self.checkpoints.wanted(phase, state.local_step, at_eval)
                     reading = meter.read(world, flag=wanted)  # rank 0's checkpoint decision goes to every rank
@@ -278,10 +286,13 @@ class _Run:
                                     f"(phase {phase.name})")
                         break
                     save = reading.flagged
-                    if save or at_eval:
+                    if save or at_eval or at_early:
                         break
             if diverged:
                 break
+            if state.local_step == early_step and "val_loss_after_1pct" not in state.boundary:
+                with collectors.window("eval"):
+                    state.boundary["val_loss_after_1pct"] = self.validation_loss(phase)
             if ledger.eval_due() or state.local_step == len(plan):
                 self.evaluate(phase, state.loss_sum / state.loss_steps)
                 self.progress.eval_point(ledger.step, ledger.progress, state.curve[-1]["val_loss"],
@@ -297,27 +308,41 @@ class _Run:
                "flops_executed": ledger.flops - start_flops, "extra_forwards": len(phase.extra_forward),
                "parameters": _parameter_count(phase.model.parameters()),
                "trainable_parameters": _parameter_count(phase.trainable), "plain": phase.plain,
-               "settings": phase.settings}
+               "val_loss_start": state.boundary.get("val_loss_start", math.nan),
+               "val_loss_after_1pct": state.boundary.get("val_loss_after_1pct", math.nan),
+               "steps_1pct": early_step, "settings": phase.settings}
         return collectors.end_phase(row["steps"], row), diverged
 
-    @torch.no_grad()
-    def evaluate(self, phase: Phase, train_loss: float) -> None:
-        """Mean validation loss of the phase's model (rank 0's; the others' curve is not kept); logged at the
+    def evaluate(self, phase: Phase, train_loss: float) -> float:
+        """Validation loss of the phase's model (rank 0's; the others' curve is not kept), logged as a curve row at the
         ledger's point, never charged."""
-        config, ledger = self.config, self.state.ledger
+        ledger = self.state.ledger
         with self.collectors.window("eval"):
-            val_loss = math.nan
-            if self.world.leader:
-                phase.model.eval()
-                phase.eval_model.eval()
-                losses = []
-                for batch in self.validation:
-                    with autocast(config):
-                        losses.append(phase.evaluate(to_device(batch, config.device)).float())
-                val_loss = sum(torch.stack(losses).tolist()) / len(losses)  # one read of the device
+            val_loss = self.validation_loss(phase)
         row = {"step": ledger.step, "tokens": ledger.tokens, "flops": ledger.flops, "phase": phase.name,
                "train_loss": train_loss, "val_loss": val_loss}
         self.state.curve.append(self.collectors.snapshot(row))
+        return val_loss
+
+    @torch.no_grad()
+    def validation_loss(self, phase: Phase) -> float:
+        """Mean loss of the phase's model over the fixed validation batches, on rank 0 (NaN on the others); the
+        caller times it as eval."""
+        if not self.world.leader:
+            return math.nan
+        phase.model.eval()
+        phase.eval_model.eval()
+        losses = []
+        for batch in self.validation:
+            with autocast(self.config):
+                losses.append(phase.evaluate(to_device(batch, self.config.device)).float())
+        return sum(torch.stack(losses).tolist()) / len(losses)  # one read of the device
+
+
+def early_steps(phase_steps: int) -> int:
+    """The phase's first 1% of steps (at least one): where phases.csv's `val_loss_after_1pct` is taken, to show what
+    a surgery and a schedule cost right after a phase boundary."""
+    return max(1, math.ceil(phase_steps / 100))
 
 
 def _non_finite(value: float) -> str:
@@ -349,26 +374,44 @@ def _to_device(phase: Phase, device: torch.device) -> None:
     phase.prepare()
 
 
-def _optimizer_for(phase: Phase, previous: torch.optim.AdamW | None, optim: OptimConfig,
+def _optimizer_for(phase: Phase, previous: tuple[Phase, torch.optim.AdamW] | None, optim: OptimConfig,
                    device: torch.device) -> torch.optim.AdamW:
-    """A fresh AdamW per phase (no weight decay on biases and LayerNorm weights, the 1-D tensors; fused on CUDA),
-    unless the phase keeps the previous one."""
-    if phase.keep_optimizer:
-        kept = {id(p) for group in previous.param_groups for p in group["params"]} if previous else set()
-        if kept != {id(p) for p in phase.trainable}:
-            raise ValueError(f"phase {phase.name!r} keeps the optimizer but trains other parameters")
-        return previous
+    """A new AdamW for the phase (no weight decay on biases and LayerNorm weights, the 1-D tensors; fused on CUDA);
+    with `optimizer="carry"`, every parameter it trains that the previous phase trained too keeps its state."""
     decay = [p for p in phase.trainable if p.ndim >= 2]
     no_decay = [p for p in phase.trainable if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return new_optimizer([g for g in groups if g["params"]], device, lr=phase.lr or optim.lr, betas=optim.betas,
-                         eps=optim.eps)
+    optimizer = new_optimizer([g for g in groups if g["params"]], device, lr=phase.lr or optim.lr, betas=optim.betas,
+                              eps=optim.eps)
+    if phase.optimizer == "carry" and previous is not None:
+        for parameter, before in _carried(phase, *previous).items():
+            optimizer.state[parameter] = {key: value.clone() for key, value in before.items()}
+    return optimizer
+
+
+def _carried(phase: Phase, previous_phase: Phase, previous: torch.optim.AdamW) -> dict[torch.nn.Parameter, dict]:
+    """The previous AdamW's state of each parameter `phase` trains that maps one to one onto a parameter the previous
+    phase trained: the same tensor, or (after a surgery built a new model) the one of the same name, shape and
+    values."""
+    by_name = dict(previous_phase.model.named_parameters())
+    trains = {id(parameter) for parameter in phase.trainable}
+    carried = {}
+    for name, parameter in phase.model.named_parameters():
+        if id(parameter) not in trains:
+            continue
+        before = parameter if parameter in previous.state else by_name.get(name)
+        if before is None or before not in previous.state or before.shape != parameter.shape:
+            continue
+        if before is parameter or torch.equal(before.detach(), parameter.detach()):
+            carried[parameter] = previous.state[before]
+    return carried
 
 
 def _phase_lr(phase: Phase, local_step: int, phase_steps: int, optim: OptimConfig, progress: float) -> float:
-    """The run's schedule, unless the phase brings its own (peak `lr`, warmup, decay to 0 at its end)."""
+    """The run's schedule as the phase follows it, unless the phase brings its own (peak `lr`, warmup, decay to 0 at
+    its end)."""
     if phase.lr is None:
-        return optim.lr_at(progress)
+        return optim.lr_at(progress, phase.schedule)
     if local_step < phase.warmup_steps:
         return phase.lr * (local_step + 1) / phase.warmup_steps
     return phase.lr * (phase_steps - local_step) / max(1, phase_steps - phase.warmup_steps)

@@ -88,6 +88,8 @@ def assert_same_run(reference, resumed) -> None:
         assert all(same(a[column], b[column]) for a, b in zip(reference.curve, resumed.curve, strict=True)), column
     for column in ("phase", "steps", "flops_executed", "settings"):
         assert [row[column] for row in reference.phases] == [row[column] for row in resumed.phases], column
+    for column in ("val_loss_start", "val_loss_after_1pct"):  # the boundary losses survive a checkpoint
+        assert all(same(a[column], b[column]) for a, b in zip(reference.phases, resumed.phases, strict=True)), column
     weights, resumed_weights = reference.final_model.state_dict(), resumed.final_model.state_dict()
     assert weights.keys() == resumed_weights.keys()
     assert all(torch.equal(weights[key], resumed_weights[key]) for key in weights)

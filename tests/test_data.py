@@ -354,7 +354,7 @@ def test_mlm_batches_frame_blocks_and_mask_only_stream_tokens(tokenized):
     original = torch.tensor(np.stack([tokenized.train[i * 30:(i + 1) * 30] for i in stream.block_indices(2)]))
     inner_ids, inner_labels = input_ids[:, 1:-1], labels[:, 1:-1]
     scored = inner_labels != IGNORE
-    assert scored.any() and (labels[:, [0, -1]] == IGNORE).all()
+    assert (scored.sum(dim=1) == data.masked_per_row(30)).all() and (labels[:, [0, -1]] == IGNORE).all()
     assert torch.equal(inner_labels[scored], original.long()[scored])
     assert torch.equal(inner_ids[~scored], original.long()[~scored])
 
@@ -372,12 +372,17 @@ def test_masking_statistics_follow_bert(wordpiece):
     special = torch.tensor([wordpiece.cls_token_id, wordpiece.sep_token_id, wordpiece.pad_token_id])
     input_ids = torch.randint(5, len(wordpiece), (128, 512), generator=generator)
     input_ids[:, ::8] = special[torch.randint(3, (128, 64), generator=generator)]
-    masked, labels = data.mask_tokens(input_ids, wordpiece, generator)
+    k = data.masked_per_row(448)  # the non-special positions of a row
+    assert k == 67
+    masked, labels = data.mask_tokens(input_ids, wordpiece, generator, k)
     is_special = torch.isin(input_ids, special)
     chosen = labels != IGNORE
     assert not (chosen & is_special).any() and torch.equal(masked[is_special], input_ids[is_special])
     assert torch.equal(labels[chosen], input_ids[chosen]) and torch.equal(masked[~chosen], input_ids[~chosen])
-    assert abs(chosen.sum() / (~is_special).sum() - 0.15) < 0.005
+    assert (chosen.sum(dim=1) == k).all()
+    for quarter in range(4):  # chosen uniformly: as often early in a row as late
+        columns = slice(quarter * 128, (quarter + 1) * 128)
+        assert abs(chosen[:, columns].sum() / (~is_special[:, columns]).sum() - k / 448) < 0.015
     to_mask = masked[chosen] == wordpiece.mask_token_id
     unchanged = masked[chosen] == input_ids[chosen]
     randomised = ~to_mask & ~unchanged
@@ -387,15 +392,17 @@ def test_masking_statistics_follow_bert(wordpiece):
 
 
 def test_validation_batches_are_fixed_and_bounded(tokenized):
-    first = data.validation_batches(tokenized, "mlm", 32, 10, n_blocks=25)
+    first = data.validation_set(tokenized, "mlm", 32, 10, min_predictions=58)  # 4 a row: 15 blocks, whole batches
     data.BatchStream(tokenized.train, tokenized.tokenizer, "mlm", 32, 10, seed=9).batch(0)
-    second = data.validation_batches(tokenized, "mlm", 32, 10, n_blocks=25)
-    assert [len(batch["input_ids"]) for batch in first] == [10, 10, 5]
-    for a, b in zip(first, second):
+    second = data.validation_set(tokenized, "mlm", 32, 10, min_predictions=58)
+    assert (first.blocks, first.masks, first.predictions) == (20, 1, 80)
+    assert [len(batch["input_ids"]) for batch in first.batches] == [10, 10]
+    for a, b in zip(first.batches, second.batches, strict=True):
         assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
     available = len(tokenized.val) // 30
-    everything = data.validation_batches(tokenized, "mlm", 32, 1000, n_blocks=available + 50)
-    assert len(everything) == 1 and len(everything[0]["input_ids"]) == available
+    everything = data.validation_set(tokenized, "mlm", 32, 1000, min_predictions=4 * available + 1, max_masks=2)
+    assert (everything.blocks, everything.masks, everything.predictions) == (available, 2, 8 * available)
+    assert sum(len(batch["input_ids"]) for batch in everything.batches) == 2 * available
 
 
 def test_too_little_text_for_one_sequence_is_a_bench_error(tokenized):

@@ -103,7 +103,7 @@ def test_teacher_forward_is_in_the_executed_flops_while_it_teaches(family):
     scratch_flops = executed_flops(scratch, batch, 0.0)
     assert executed_flops(ki, batch, 0.0) == scratch_flops + teacher_forward
     after = next(phases)
-    assert (ki.share, after.share, after.keep_optimizer, after.extra_forward) == (0.35, None, True, [])
+    assert (ki.share, after.share, after.optimizer, after.extra_forward) == (0.35, None, "carry", [])
     assert after.model is ki.model
     after.prepare()
     assert executed_flops(after, batch, 0.5) == scratch_flops

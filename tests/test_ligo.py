@@ -1,23 +1,27 @@
 """LiGO: the operator phase trains only the operator and lowers the loss; the materialised model is
 the operator's model, a valid LARGE checkpoint; depth-only and width-only pairs; the two inits
-(`ligo`: the official stackbert_noisy + rand; `ligo:fpi`: exactly stackbert's grown model)."""
+(`ligo`: the official stackbert_noisy + rand; `ligo:fpi`: exactly stackbert's grown model); the end check, which
+keeps the operator's start when its end scores higher, so that the phase never ends above its start."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from test_contracts import SEQ, VOCAB, is_tied, random_batch, state, tiny_context
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import PreTrainedModel
 
-from bench.collectors.flops import fvcore_step
+from bench.collectors import CollectorSet
+from bench.collectors.flops import count_executed_step, fvcore_step
 from bench.errors import BenchError
 from bench.methods import GrowthContext, make_method
 from bench.methods.ligo import CPU_OPERATOR_STEPS, PAPER_OPERATOR_STEPS, LigoOperator, default_operator_steps
 from bench.methods.stackbert import StackBERT
 from bench.methods.surgery import stack_layers
-from bench.objective import scored_logits
+from bench.objective import lm_loss, scored_logits
 from bench.phases import Phase
 from bench.sizes import Size, make_pair, parse_pair
+from bench.train import BatchSource, Budget, LoopConfig, train_phases
 
 FAMILIES = ["bert", "roberta", "gpt2"]
 
@@ -50,9 +54,12 @@ def fit(phase: Phase, batch: dict[str, torch.Tensor], steps: int) -> list[float]
 def test_operator_phase_declares_its_schedule_and_settings():
     method, _, phase = start(tiny_context("bert"), operator_lr="0.002")
     assert isinstance(phase.model, LigoOperator)
-    assert phase.steps == CPU_OPERATOR_STEPS and phase.fits_init and phase.share is None  # a CPU pair's default
+    # a CPU pair's default updates, then the end check
+    assert phase.steps == CPU_OPERATOR_STEPS + 1 and phase.fits_init and phase.share is None
+    assert [phase.variant(step) for step in range(phase.steps)] == ["fit"] * CPU_OPERATOR_STEPS + ["end check"]
     assert phase.lr == 0.002 and 0 < phase.warmup_steps <= min(10, CPU_OPERATOR_STEPS)
-    assert {id(p) for p in phase.trainable} == {id(p) for _, p in phase.model.operator_named_parameters()}
+    assert {id(p) for p in phase.trainable} == \
+        {id(p) for _, p in phase.model.operator_named_parameters()} | {id(phase.model.verdict)}
     assert phase.settings is method.operator_log
     assert phase.settings["operator_lr"] == 0.002 and phase.settings["width_identity_block"] == "fixed"
 
@@ -64,7 +71,8 @@ def test_only_the_operator_gets_gradients(family, name):
     parent_before = state(ctx.parent)
     _, _, phase = start(ctx, name)
     phase.forward_backward(random_batch(family, torch.Generator().manual_seed(0)), 0, 0.0)
-    operator = {id(p) for p in phase.trainable}
+    operator = {id(p) for _, p in phase.model.operator_named_parameters()}
+    assert phase.model.verdict.grad is None  # the end check's; only the check step reaches it
     for parameter_name, p in phase.model.named_parameters():
         if id(p) in operator:
             assert p.grad is not None, parameter_name  # zero where the parent's biases are (fresh BERT biases are 0)
@@ -78,7 +86,7 @@ def test_only_the_operator_gets_gradients(family, name):
 @pytest.mark.parametrize("name, groups", [("ligo", {"depth", "width"}), ("ligo:fpi", {"depth", "width", "width_in"})])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_operator_steps_lower_the_loss_and_are_logged(family, name, groups):
-    method, _, phase = start(tiny_context(family), name)
+    method, _, phase = start(tiny_context(family), name, operator_steps="20")
     losses = fit(phase, random_batch(family, torch.Generator().manual_seed(0)), steps=20)
     assert losses[-1] < 0.95 * losses[0]  # one fixed batch: ligo ~0.9x, ligo:fpi ~0.6-0.75x (its own A fits faster)
     log = method.operator_log
@@ -126,7 +134,7 @@ def test_materialised_model_is_the_operator_model_and_a_valid_checkpoint(family,
 ], ids=["bert-depth", "bert-width", "gpt2-depth-3-of-2", "gpt2-width"])
 def test_depth_only_and_width_only_pairs_use_only_that_operator(small, large, grows):
     ctx = context_for(small, large)
-    _, phases, phase = start(ctx)
+    _, phases, phase = start(ctx, operator_steps="10")
     assert {name.split(".")[0] for name, _ in phase.model.operator_named_parameters()} == {grows}
     losses = fit(phase, random_batch(small.family, torch.Generator().manual_seed(0)), steps=10)
     assert losses[-1] < losses[0]
@@ -318,4 +326,104 @@ def test_operator_steps_default_to_the_pairs_and_warmup_is_capped_at_them():
     assert default_operator_steps(parse_pair("bert-small:bert-base")) == PAPER_OPERATOR_STEPS == 100
     assert default_operator_steps(parse_pair("bert-nano:bert-micro")) == CPU_OPERATOR_STEPS
     _, _, phase = start(tiny_context("bert"), operator_steps="3")
-    assert phase.steps == 3 and phase.warmup_steps == 3 and phase.settings["operator_warmup_steps"] == 3
+    assert phase.steps == 3 + 1 and phase.warmup_steps == 3 and phase.settings["operator_warmup_steps"] == 3
+
+
+# The end check: the operator phase never ends worse than it started.
+
+HUGE_LR = "0.5"  # AdamW moves every operator entry by ~0.5 a step: the operator's end is far worse than its start
+
+
+def _loss(model, batch) -> float:
+    with torch.no_grad():
+        return float(lm_loss(model, batch))
+
+
+@pytest.mark.parametrize("lr, kept", [(HUGE_LR, "start"), (None, "end")])
+@pytest.mark.parametrize("name", ["ligo", "ligo:fpi"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_end_check_keeps_the_lower_of_the_end_and_the_start(family, name, lr, kept):
+    """Every step (the check too) on one batch: the materialised model's loss is the lower of the end's and the
+    start's, never above the start's; a kept start is the initialisation's grown model exactly."""
+    ctx = tiny_context(family)
+    method, phases, phase = start(ctx, name, **({"operator_lr": lr} if lr else {}))
+    operator, batch = phase.model, random_batch(family, torch.Generator().manual_seed(0))
+    initial = state(operator.runner.model)  # the start: LARGE's own weights until materialised
+    start_loss = _loss(operator.runner.model, batch)
+    losses = fit(phase, batch, steps=phase.steps)
+    assert losses[0] == pytest.approx(start_loss, abs=1e-5)
+    with torch.no_grad():
+        end_loss = float(operator(lm_loss, batch))
+    assert (end_loss > start_loss) is (kept == "start")  # the lr alone decides which way plain AdamW ends
+    log = method.operator_log
+    assert (log["operator_check_loss_end"], log["operator_check_loss_start"]) == pytest.approx((end_loss, start_loss))
+    assert operator.keeps_end() is (kept == "end") and (operator.verdict.item() < 0) is (kept == "start")
+    assert operator.kept(lm_loss, batch).item() == pytest.approx(min(start_loss, end_loss), abs=1e-6)
+
+    grown = next(phases).model
+    assert log["operator_kept"] == kept
+    assert _loss(grown, batch) == pytest.approx(min(start_loss, end_loss), abs=1e-5) and \
+        _loss(grown, batch) <= start_loss + 1e-6
+    if kept == "start":
+        assert all(torch.equal(p, initial[n]) for n, p in grown.named_parameters())
+        if name == "ligo:fpi":  # stacking's start, exactly
+            reference = dict(_stackbert_model(ctx).named_parameters())
+            for n, p in grown.named_parameters():
+                torch.testing.assert_close(p, reference[n], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ligo", "ligo:fpi"])
+def test_end_check_moves_no_operator_parameter_and_is_charged_its_two_forwards(name):
+    ctx = tiny_context("bert")
+    _, _, phase = start(ctx, name)
+    operator, batch = phase.model, random_batch("bert", torch.Generator().manual_seed(0))
+    before = {n: p.detach().clone() for n, p in operator.operator_named_parameters()}
+    check = phase.steps - 1
+    phase.forward_backward(batch, check, 0.0)
+    assert all(p.grad is None for _, p in operator.operator_named_parameters())  # AdamW leaves them as they are
+    assert operator.verdict.grad is not None
+    phase.zero_grad()
+    with torch.no_grad(), FlopCounterMode(display=False) as forwards:
+        operator(lm_loss, batch)
+        operator.start(lm_loss, batch)
+    charged = count_executed_step(phase, batch, check)
+    assert charged == forwards.get_total_flops() > 0
+    assert charged < count_executed_step(phase, batch, 0)  # a fitting step also runs the backward
+    assert all(torch.equal(p, before[n]) for n, p in operator.operator_named_parameters())
+
+
+@pytest.mark.parametrize("lr", [HUGE_LR, None])
+@pytest.mark.parametrize("name", ["ligo", "ligo:fpi"])
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_through_the_loop_the_operator_phase_never_ends_above_its_start(family, name, lr):
+    """The real loop (its AdamW, clipping, schedule, micro-batches with their weights), every step's batch and the
+    validation batch the same: the operator phase's last validation loss and the grown model's are the kept one's,
+    never above the start's, however far plain AdamW took the operator's end."""
+    ctx = tiny_context(family)
+    method = make_method(name, {"operator_lr": lr} if lr else {})
+    batch = random_batch(family, torch.Generator().manual_seed(0))
+    data = BatchSource(lambda step: batch, [batch], batch["input_ids"].numel(), causal=family == "gpt2")
+    yielded = []
+
+    def phases():
+        for phase in method.phases(ctx):
+            yielded.append(phase)
+            yield phase
+
+    result = train_phases(phases(), Budget("tokens", 1000 * data.tokens_per_step), data,
+                          LoopConfig(micro_batch=2, progress_bar=False), CollectorSet([]), init_only=True)
+    operator = yielded[0].model
+    operator_curve = [row["val_loss"] for row in result.curve if row["phase"] == "operator"]
+    with torch.no_grad():
+        start_loss, end_loss = operator_curve[0], float(operator(lm_loss, batch))
+    assert result.phases[0]["steps"] == CPU_OPERATOR_STEPS + 1
+    assert (end_loss > start_loss) is (lr == HUGE_LR)
+    kept = min(start_loss, end_loss)
+    assert operator_curve[-1] == pytest.approx(kept, abs=1e-5)
+    assert result.final_val_loss == pytest.approx(kept, abs=1e-5) and result.final_val_loss <= start_loss + 1e-6
+    log = method.operator_log
+    assert log["operator_kept"] == ("start" if lr == HUGE_LR else "end")
+    # the check scored this end (it moved no operator parameter), on the trained step's micro-batches only (not the
+    # FLOP count's run of the check at the start)
+    assert (log["operator_check_loss_end"], log["operator_check_loss_start"]) == \
+        pytest.approx((end_loss, start_loss), abs=1e-5)

@@ -271,3 +271,65 @@ def test_gpu_check_assertions_pass_a_good_directory_and_refuse_bad_ones(tmp_path
     other = _fake_gpu_dir(tmp_path / "other", "tf32", ["scratch-s0"], {**row, "flops_executed": 2 * row["flops_executed"]})
     differ = _check(_fake_gpu_dir(tmp_path / "bf16b", "bf16", ["scratch-s0", "ligo-s0"], row), other)
     assert differ.returncode != 0 and "FLOPs per step differ" in differ.stderr
+
+
+# --------------------------------------------------------------------------------------------- above the peak
+
+
+def _scripted_peaks(monkeypatch, peaks: list[float]) -> list[float]:
+    """The CPU peak measured afresh in this test, each measurement the next of `peaks` (FLOP/s); what was asked."""
+    asked = []
+
+    def measured(dtype, seconds=0.0):
+        asked.append(seconds)
+        return peaks[len(asked) - 1]
+
+    monkeypatch.setattr(hardware, "_CPU_PEAKS", {})
+    monkeypatch.setattr(hardware, "_cpu_matmul_flops", measured)
+    return asked
+
+
+def test_an_mfu_above_the_peak_measures_the_cpu_peak_again_and_keeps_the_better_one(monkeypatch, tmp_path):
+    asked = _scripted_peaks(monkeypatch, [1e9, 4e9])  # measured on a busy machine first
+    collector = MfuCollector(RunInfo(torch.device("cpu"), tmp_path))
+    collector.start_phase(None, {})
+    row = collector.end_phase(10, {"flops_executed": 2.6e9, "train_s": 1.0, "devices": 1})  # 260% of the first peak
+    assert row["mfu"] == pytest.approx(0.65) and row["mfu_peak_flops"] == 4e9
+    assert row["mfu_peak_source"].endswith(f"measured again for {hardware.CPU_PEAK_AGAIN_SECONDS:g} s after an MFU "
+                                           "above 100%")
+    assert asked == [0.0, hardware.CPU_PEAK_AGAIN_SECONDS]
+    assert resolve_peak(torch.device("cpu"), torch.float32)[0] == 4e9  # the process keeps the better peak
+
+
+def test_an_mfu_still_above_the_peak_is_refused_never_written_as_a_number(monkeypatch, tmp_path):
+    asked = _scripted_peaks(monkeypatch, [1e9, 0.5e9])
+    collector = MfuCollector(RunInfo(torch.device("cpu"), tmp_path))
+    collector.start_phase(None, {})
+    assert math.isnan(collector.snapshot({"flops": 2.6e9, "train_s": 1.0})["mfu"])
+    row = collector.end_phase(10, {"flops_executed": 2.6e9, "train_s": 1.0, "devices": 1})
+    assert math.isnan(row["mfu"]) and row["mfu_peak_flops"] == 1e9  # the better of the two measurements
+    assert row["mfu_peak_source"].startswith(f"{hardware.ABOVE_PEAK} (measured matmul peak: fp32")
+    assert len(asked) == 2  # measured again once per run, not at every phase
+    collector.start_phase(None, {})
+    assert math.isnan(collector.end_phase(10, {"flops_executed": 2.6e9, "train_s": 1.0, "devices": 1})["mfu"])
+    assert len(asked) == 2
+
+
+def test_a_gpu_mfu_above_its_datasheet_peak_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(hardware, "device_model", lambda device: "H200")
+    monkeypatch.setattr(mfu_module, "run_math", lambda device: torch.bfloat16)
+    collector = MfuCollector(RunInfo(torch.device("cuda", 0), tmp_path))
+    collector.start_phase(None, {})
+    row = collector.end_phase(10, {"flops_executed": 2 * 989e12, "train_s": 1.0, "devices": 1})
+    assert math.isnan(row["mfu"])
+    assert row["mfu_peak_source"] == f"{hardware.ABOVE_PEAK} (H200 bf16 dense, NVIDIA datasheet)"
+
+
+def test_a_cpu_run_with_a_poisoned_peak_writes_no_mfu_above_100_percent(monkeypatch, tmp_path):
+    """The training loop with a peak that stays far too low (a busy machine at both measurements)."""
+    _scripted_peaks(monkeypatch, [1e6, 1e6])
+    result = tiny_run(tmp_path, with_mfu=True)
+    (row,) = result.phases
+    assert math.isnan(row["mfu"]) and row["mfu_peak_source"].startswith(hardware.ABOVE_PEAK)
+    assert row["flops_executed"] / (row["train_s"] * row["mfu_peak_flops"]) > 1  # it would have been above 100%
+    assert all(math.isnan(point["mfu"]) for point in result.curve)  # NaN, never a number above 1

@@ -12,9 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.data.reference import reference_warning
 from bench.errors import BenchError
 from bench.report import CI_METHOD, PLOT_FILES, analyse, build_report, crossing_position, t_interval, value_at
+from bench.report.plots import method_colours, plot_curves
 from bench.report.statistics import t_quantile
+from bench.runner.comparison import report as report_command
 from bench.report.tables import format_markdown
 
 EVAL_STEPS = list(range(0, 101, 10))  # the budget is 100 steps; eval every 10, the first before training
@@ -557,3 +560,250 @@ def test_report_says_when_the_calibration_after_the_last_run_moved(tmp_path):
     assert "calibration table (calibration.csv): 1 phase signature(s)" in markdown
     assert "beyond their spread for 1 of 1" in markdown and "+100%" in markdown
     assert "None found" not in markdown and "Not judged" in markdown  # the synthetic records carry no slowdown
+
+
+# --------------------------------------------------------------------------- no impossible numbers (issue 19)
+
+SIGNATURES = {"train": "plainlarge01", "joint": "plainlarge01", "operator": "operator0001", "growth-1": "shallow00001"}
+FULL_STEP_S = 0.45  # every synthetic step takes 0.5 s: a slowdown of 1.11
+
+
+def _calibrated_run_dir(root: Path, poisoned: bool) -> Path:
+    """A run directory whose phases were charged from a comparison calibration, as the clock writes them, with
+    scratch-s1's plain LARGE phase 5x slow. Poisoned: the plain LARGE signature's before value disagreed with the
+    after table (found after the runs had judged themselves against it), the shallow one's rounds disagreed (known
+    to the runs), and ligo-s0's phases.csv holds an MFU of 260% (a peak measured on a busy machine)."""
+    from bench.calibration import CALIBRATION_FILE, CalibrationTable, Timing, contention_verdict, marked_unreliable
+    from bench.calibration import rounds_disagreement
+
+    run_dir = make_run_dir(root)
+    shallow_rounds = [0.2, 1.04, 0.9] if poisoned else [0.2, 0.21, 0.2]
+    table = CalibrationTable({
+        "plainlarge01": Timing("plainlarge01", [0.4, 0.41, 0.4], FULL_STEP_S),
+        "operator0001": Timing("operator0001", [0.4, 0.4, 0.42], FULL_STEP_S),
+        "shallow00001": Timing("shallow00001", shallow_rounds, FULL_STEP_S,
+                               unreliable_reason=rounds_disagreement(shallow_rounds, 3))})
+    table.after = {signature: Timing(signature, list(timing.rounds), timing.full_step_s)
+                   for signature, timing in table.before.items()}
+    if poisoned:
+        table.after["plainlarge01"] = Timing("plainlarge01", [0.034, 0.035, 0.034, 0.034], 0.04)
+        table.mark_drift()
+    table.save(run_dir / CALIBRATION_FILE)
+    for folder in [path.name for path in (run_dir / "runs").iterdir()]:
+        phases = pd.read_csv(run_dir / "runs" / folder / "phases.csv")
+        if folder == "scratch-s1":
+            phases["train_s"] *= 5
+        signatures = [SIGNATURES[name] for name in phases["phase"]]
+        sources = [marked_unreliable("comparison calibration", table.before[signature].unreliable_reason if
+                                     signature == "shallow00001" else "") for signature in signatures]
+        slowdown = phases["train_s"] / phases["steps"] / FULL_STEP_S
+        _set_phase_columns(run_dir, folder, train_s=phases["train_s"], signature=signatures, reference_source=sources,
+                           slowdown=slowdown, load_avg=[1.0] * len(phases),
+                           contended=[contention_verdict(value, steps, "unreliable" not in source) for value, steps,
+                                      source in zip(slowdown, phases["steps"], sources, strict=True)])
+    if poisoned:
+        _set_phase_columns(run_dir, "ligo-s0", mfu=[0.24, 2.6])
+    return run_dir
+
+
+def _stored_and_judged_agree(report) -> None:
+    """phases.csv's `contended` and the report's verdict are one judgement wherever the calibration stands."""
+    from bench.report.contention import judged_phases
+
+    for folder, frame in judged_phases(report.data).items():
+        kept = frame[(frame["calibration_problem"] == "") & frame["stored"].notna()]
+        assert len(kept) == 0 or (kept["stored"] == kept["contended"]).all(), (folder, kept)
+
+
+def test_a_poisoned_calibration_and_peak_leave_no_impossible_number_anywhere(tmp_path):
+    from bench.report.contention import UNRELIABLE_CALIBRATION
+
+    run_dir = _calibrated_run_dir(tmp_path / "run", poisoned=True)
+    report = build_report(run_dir)
+    summary = pd.read_csv(run_dir / "summary.csv")
+    markdown = (run_dir / "report.md").read_text()
+    assert not (summary["mfu"] > 1).any() and math.isnan(_row(report.runs, "ligo", 0)["mfu"])
+    assert _row(report.runs, "ligo", 0)["mfu_peak_source"].startswith("unreliable: above the peak (measured matmul")
+    for text in (markdown, report.text):
+        assert "260%" not in text and "unreliable: above the peak" in text
+    assert _column(markdown, "ligo", "MFU") == "unreliable: above the peak" and _column(markdown, "ki", "MFU") == "32%"
+
+    assert not summary["calibration_reliable"].any()  # every run has a plain LARGE or shallow phase
+    problems = _row(report.runs, "mslt", 0)["calibration_problem"]
+    assert "growth-1: rounds disagree" in problems and "joint: before and after the runs disagree" in problems
+    sunk = markdown.split("## Savings by cost, parent sunk", 1)[1].split("##", 1)[0]
+    header, ligo = ([cell.strip() for cell in line.strip("|").split("|")] for line in sunk.splitlines()
+                    if line.startswith(("| method |", "| ligo |")))
+    cells = dict(zip(header, ligo, strict=True))
+    assert cells["reference time"] == UNRELIABLE_CALIBRATION and cells["FLOPs"].endswith("]")
+    assert "not a measurement for 2 of 3 phase signature(s)" in markdown and UNRELIABLE_CALIBRATION in report.text
+
+    # contention: judged against the fastest run where the calibration is no measurement, and said so
+    scratch = _row(report.runs, "scratch", 1)
+    assert scratch["contended"] and "train ×5.0 vs the fastest run" in scratch["contended_phases"]
+    assert not _row(report.runs, "scratch", 0)["contended"]
+    assert "`contended` of 12 phase(s) (ki-s0 train, " in markdown  # the plain LARGE ones: judged, then set aside
+    assert "and 8 more) was judged while the run trained" in markdown
+    _stored_and_judged_agree(report)
+
+
+def test_a_normal_calibration_stays_reliable_and_the_report_takes_phases_csvs_verdicts(tmp_path):
+    run_dir = _calibrated_run_dir(tmp_path / "run", poisoned=False)
+    report = analyse(run_dir)
+    assert report.runs["calibration_reliable"].all() and (report.runs["calibration_problem"] == "").all()
+    stored = pd.read_csv(run_dir / "runs" / "scratch-s1" / "phases.csv")
+    assert stored["contended"].tolist() == [True] and stored["reference_source"].tolist() == ["comparison calibration"]
+    scratch = _row(report.runs, "scratch", 1)
+    assert scratch["contended"] and scratch["contended_phases"] == "train ×5.6 (load 1.0)"  # against the calibration
+    _stored_and_judged_agree(report)
+    markdown = format_markdown(report)
+    assert "not a measurement" not in markdown and "unreliable: calibration" not in markdown
+    assert "within 25%" in markdown and _column(markdown, "ligo", "MFU") == "24%"
+
+
+def test_old_records_with_an_impossible_slowdown_mark_the_calibration_unreliable(tmp_path):
+    """A run directory written before the calibration was checked: a calibration made on a loaded machine (0.845 s
+    a step), runs 12x faster than it, phases.csv's `contended` all False, and an MFU of 263%."""
+    run_dir = make_run_dir(tmp_path / "run")
+    for folder in [path.name for path in (run_dir / "runs").iterdir()]:
+        rows = len(pd.read_csv(run_dir / "runs" / folder / "phases.csv"))
+        _set_phase_columns(run_dir, folder, slowdown=[0.068 / 0.845] * rows, contended=[False] * rows,
+                           reference_source=["comparison calibration"] * rows)
+    _set_phase_columns(run_dir, "mslt-s1", mfu=[2.63, 2.63])
+    report = analyse(run_dir)
+    assert not report.runs["calibration_reliable"].any()
+    assert report.runs["calibration_problem"].str.contains("ran 12x faster than calibrated").all()
+    assert report.runs["contended"].isna().all()  # nothing to judge against: no signatures, no plain LARGE flags
+    assert "unreliable: above the peak" in report.table.set_index("method").at["mslt", "mfu_peak_source"]
+    markdown = format_markdown(report)
+    assert "263%" not in markdown and _column(markdown, "mslt", "MFU") == "unreliable: above the peak"
+    assert _column(markdown, "ligo", "wall saved") != "unreliable: calibration"  # only reference time rests on it
+
+
+# --------------------------------------------------------------------------- reference lines, growth bump, recipe
+
+REFERENCE_LINES = {"unigram": 6.66, "unigram_copy": 6.17, "predictions": 10080, "how": "context-free predictors"}
+
+
+def _update_manifest(run_dir: Path, **entries) -> None:
+    path = run_dir / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **entries}))
+
+
+def _section(markdown: str, title: str) -> str:
+    return markdown.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0].strip()
+
+
+def test_reference_lines_sit_beside_tau_and_no_warning_when_tau_is_below(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run")
+    _update_manifest(run_dir, reference_lines=REFERENCE_LINES)
+    report = analyse(run_dir)
+    markdown = format_markdown(report)
+    tau = next(line for line in markdown.splitlines() if line.startswith("- target validation loss τ"))
+    assert tau.endswith("context-free lines on the same 10,080 predictions: unigram 6.66, unigram + copy 6.17 — "
+                        f"τ is {6.17 - report.target:.3g} below the unigram + copy line")
+    assert reference_warning(report.target, REFERENCE_LINES) is None
+    assert not any("context-free" in note for note in report.notes)
+    assert "not below the context-free" not in markdown and "not below the context-free" not in report.text
+
+
+def test_tau_above_the_unigram_copy_line_is_warned_in_report_md_and_on_stderr(tmp_path, capsys):
+    run_dir = make_run_dir(tmp_path / "run")
+    lines = {**REFERENCE_LINES, "unigram": 3.9, "unigram_copy": 3.2}  # τ ≈ 3.358: below unigram, above the copy line
+    _update_manifest(run_dir, reference_lines=lines)
+    report = analyse(run_dir)
+    warning = reference_warning(report.target, lines)
+    assert warning is not None and "unigram_copy line 3.2000" in warning
+    assert warning in report.notes
+    markdown = format_markdown(report)
+    assert warning in _section(markdown, "Notes")
+    assert f"τ is {report.target - 3.2:.3g} above the unigram + copy line" in markdown
+    assert warning not in report.text  # the terminal's stdout: the warning goes to stderr, once
+    report_command(run_dir)
+    assert capsys.readouterr().err.count(warning) == 1
+
+
+def _boundary_cells(markdown: str) -> dict[tuple[str, str], list[str]]:
+    """(method, phase) -> the other cells of the growth-bump table."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in _section(markdown, "What growth cost at the boundary").splitlines() if line.startswith("| ")]
+    return {(row[0], row[1]): row[2:] for row in rows[1:]}
+
+
+def test_the_growth_bump_table_shows_every_phase_boundary(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run")
+    for seed in (0, 1, 2):
+        _set_phase_columns(run_dir, f"ligo-s{seed}", val_loss_start=[7.0 + seed, 4.0],
+                           val_loss_after_1pct=[7.5 + seed, 3.9], steps_1pct=[1, 1])
+        _set_phase_columns(run_dir, f"mslt-s{seed}", val_loss_start=[5.0, 4.5], val_loss_after_1pct=[4.8, 4.6],
+                           steps_1pct=[1, 1])
+        _set_phase_columns(run_dir, f"ki-s{seed}", val_loss_start=[10.0], val_loss_after_1pct=[9.0 if seed < 2 else
+                                                                                               math.nan],
+                           steps_1pct=[1])
+        _set_phase_columns(run_dir, f"scratch-s{seed}", val_loss_start=[10.0], val_loss_after_1pct=[9.9],
+                           steps_1pct=[1])
+    cells = _boundary_cells(format_markdown(analyse(run_dir)))
+    parent = f"{curve_loss(3.6, 10.0, 4.0)(100, 0):.4f}"  # the parent's final validation loss
+    ligo_operator_end = np.mean([curve_loss(3.0, 8.0, 5.0)(10, seed) for seed in (0, 1, 2)])
+    mslt_growth_end = np.mean([curve_loss(4.0, 8.0, 3.0)(50, seed) for seed in (0, 1, 2)])
+    assert cells[("ligo", "operator")] == [parent, "8.0000", "8.5000", "1", "+0.5"]
+    assert cells[("ligo", "train")] == [f"{ligo_operator_end:.4f}", "4.0000", "3.9000", "1", "-0.1"]
+    assert cells[("mslt", "growth-1")] == [parent, "5.0000", "4.8000", "1", "-0.2"]
+    assert cells[("mslt", "joint")] == [f"{mslt_growth_end:.4f}", "4.5000", "4.6000", "1", "+0.1"]
+    assert cells[("ki", "train")] == [parent, "10.0000", "not recorded", "1", "not recorded"]  # one seed lacks it
+    assert not any(method == "scratch" for method, _ in cells)
+
+
+def test_an_older_run_directory_reports_the_missing_numbers_as_not_recorded(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run")  # no reference lines, boundary columns, recipe or schedule settings
+    report = build_report(run_dir)
+    markdown = (run_dir / "report.md").read_text()
+    assert "context-free lines: not recorded" in markdown
+    assert _section(markdown, "What growth cost at the boundary").startswith("Not recorded: these run records predate")
+    trained = _section(markdown, "How it was trained")
+    assert "- recipe: not recorded" in trained and "- optimizer: not recorded" in trained
+    assert "  - ligo: schedule not recorded" in trained
+    assert not any("context-free" in note for note in report.notes)
+    labels = plot_curves(report, "flops", "FLOPs", method_colours(report.table["method"])).axes[0] \
+        .get_legend_handles_labels()[1]
+    assert "ligo (mean of 3)" in labels and not any("context-free" in label for label in labels)
+
+
+def test_how_it_was_trained_names_the_recipe_the_optimizer_and_each_methods_schedule(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    methods = manifest["methods"]
+    methods["ligo"] |= {"schedule": "continue", "lr_scale": 1.0}
+    methods["mslt"] |= {"schedule": "rewarm", "lr_scale": 0.5, "optimizer": "carry", "embeddings": "output"}
+    methods["ki"] |= {"optimizer": "fresh"}
+    _update_manifest(run_dir, methods=methods, train={
+        "optim": {"lr": 1e-3, "weight_decay": 0.01, "betas": [0.9, 0.98], "eps": 1e-6, "warmup_fraction": 0.06,
+                  "grad_clip": 1.0},
+        "recipe": {"name": "growbench-cpu", "source": "growbench's CPU recipe, measured"}})
+    trained = _section(format_markdown(analyse(run_dir)), "How it was trained")
+    assert "- recipe: growbench-cpu; source: growbench's CPU recipe, measured" in trained
+    assert ("- optimizer: AdamW, peak lr 0.001, betas (0.9, 0.98), eps 1e-06, weight decay 0.01 (matrices only), "
+            "linear warmup over the first 6% of the budget") in trained and "gradient norm clipped at 1" in trained
+    lines = {line.split(":", 1)[0].strip(" -"): line.split(":", 1)[1] for line in trained.splitlines()
+             if line.startswith("  - ")}
+    assert lines["scratch"] == " the recipe's schedule"
+    assert lines["ligo"] == " schedule continue (no warmup after growth: the grown model starts at the peak lr), lr ×1"
+    assert lines["mslt"].startswith(" schedule rewarm (the recipe's warmup again, as scratch), lr ×0.5, "
+                                    "optimizer carry (") and lines["mslt"].endswith("embeddings output")
+    assert lines["ki"] == " the recipe's schedule, optimizer fresh (a new AdamW per stage)"
+
+
+def test_the_loss_plots_draw_the_reference_lines_labelled(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run")
+    _update_manifest(run_dir, reference_lines={"unigram": 11.0, "bigram": 2.5, "predictions": 4096, "how": "causal"})
+    report = analyse(run_dir)
+    colours = method_colours(report.table["method"])
+    for x, label in (("flops", "cumulative executed FLOPs"), ("train_s", "cumulative train time (s)")):
+        axes = plot_curves(report, x, label, colours).axes[0]
+        handles, labels = axes.get_legend_handles_labels()
+        drawn = dict(zip(labels, handles, strict=True))
+        assert list(drawn["context-free unigram = 11"].get_ydata()) == [11.0, 11.0]
+        assert list(drawn["context-free bigram = 2.5"].get_ydata()) == [2.5, 2.5]
+        low, high = axes.get_ylim()
+        assert low < 2.5 and high > 11.0  # below every curve, above their 95th percentile: still in view
+    assert "unigram 11, bigram 2.5 — τ is" in format_markdown(report)

@@ -54,7 +54,8 @@ KILLS = [  # (GROWBENCH_TEST_KILL, exit status, run killed, phase of its newest 
     ("growth-1:9:save", -9, "mslt-s0", "growth-1"),
 ]
 """The eval points (20) fall at every step or two: a checkpoint each. Phases: scratch's train (20 steps), ligo's
-operator (6), KI's distil (7), bert2BERT's stage 1 (6, checkpoints at 3 and 6), MSLT's growth stage (15)."""
+operator (6 steps and its end check), KI's distil (7), bert2BERT's stage 1 (6, checkpoints at 3 and 6), MSLT's growth
+stage (15)."""
 FORK_SERVER = r"""
 import json, os, signal, sys, traceback
 signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever SIGINT disposition the test process passed on

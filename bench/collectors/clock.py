@@ -14,10 +14,16 @@ lacks, the phase is calibrated here, at its start ("phase calibration": without 
 it must not change the weights). A phase whose steps vary (bert2BERT's sampled sub-models) is charged each
 step its own variant's time; `signature` lists its variants' signatures joined by "+".
 
+A table value that is no measurement (its rounds disagreed, calibration.py) is still charged, and the phase's
+`reference_source` says "comparison calibration, unreliable: <why>"; so it does when the phase's train steps ran
+faster than calibration.FASTEST_PLAUSIBLE_SLOWDOWN x the calibrated full step, which only a slow calibration
+explains.
+
 Contention: `load_avg` is the mean 1-minute load average at the end of the phase's train windows;
 `slowdown` = measured train step time / the table's full step time (forward, backward and update) for the
-phase's steps; `contended` = slowdown > calibration.CONTENTION_THRESHOLD, judged over at least
-MIN_JUDGED_STEPS steps (empty when not judged: no table value, or too few steps).
+phase's steps; `contended` = calibration.contention_verdict(slowdown, steps): above CONTENTION_THRESHOLD, judged
+over at least MIN_JUDGED_STEPS steps (empty when not judged: no table value, too few steps, or an unreliable
+calibration).
 """
 
 from __future__ import annotations
@@ -33,7 +39,13 @@ from typing import Any
 import torch
 
 from bench import distributed
-from bench.calibration import CONTENTION_THRESHOLD, MIN_JUDGED_STEPS, phase_signature
+from bench.calibration import (
+    contention_verdict,
+    marked_unreliable,
+    phase_signature,
+    too_fast_reason,
+    unreliable_reasons,
+)
 from bench.collectors import WINDOW_KINDS, Collector, register_collector
 from bench.hardware import rng_preserved, synchronize
 from bench.phases import Phase
@@ -92,7 +104,7 @@ class ClockCollector(Collector):
             timing = table.get(signature) if table is not None else None
             if timing is not None:
                 times[key] = (timing.step_s, timing.full_step_s)
-                sources.add("comparison calibration")
+                sources.add(marked_unreliable("comparison calibration", timing.unreliable_reason))
             else:
                 times[key] = (median_step_seconds(phase, batch, step=run[0]) * self.run.accumulation, math.nan)
                 sources.add("phase calibration" + (" (signature not in the comparison's table)" if table else ""))
@@ -183,7 +195,7 @@ class ClockCollector(Collector):
         # calibration (one process) does not time
         compared = steps and not distributed.world().distributed
         slowdown = (self._phase["train"] / steps / self._calibrated_full(steps)) if compared else math.nan
-        judged = steps >= MIN_JUDGED_STEPS and math.isfinite(slowdown)
+        source = marked_unreliable(self._reference_source, too_fast_reason(slowdown) or "")
         row = {
             "train_s": self._phase["train"],
             "eval_s": self._phase["eval"],
@@ -191,11 +203,11 @@ class ClockCollector(Collector):
             "reference_s": reference,
             # the table's value itself for a phase of one step time; the mean over variants otherwise
             "reference_step_s": self._step_times(1)[0][0] if uniform or not steps else reference / steps,
-            "reference_source": self._reference_source,
+            "reference_source": source,
             "signature": self._signature,
             "load_avg": statistics.fmean(self._loads) if self._loads else math.nan,
             "slowdown": slowdown,
-            "contended": bool(slowdown > CONTENTION_THRESHOLD) if judged else None,
+            "contended": contention_verdict(slowdown, steps, not unreliable_reasons(source)),
             "device_hours": self._device_hours(self._phase["train"]),
             "device_kind": self._device_kind,
             "devices": self._devices,

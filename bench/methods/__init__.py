@@ -13,7 +13,7 @@ from typing import ClassVar
 from transformers import PretrainedConfig, PreTrainedModel
 
 from bench.errors import BenchError
-from bench.phases import Phase
+from bench.phases import OPTIMIZER_HANDLING, Phase, Schedule
 from bench.registry import Registry
 from bench.sizes import Pair, Size
 
@@ -66,6 +66,45 @@ class Method:
         raise NotImplementedError
 
 
+SCHEDULES = ("continue", "rewarm")
+
+
+@dataclass
+class GrownTraining:
+    """How a grown model trains after its surgery; each method's default is its paper's (docs/methods.md).
+
+    schedule: "continue": no warmup again — the grown model starts at the peak and the lr decays linearly to 0 at the
+              budget (for staged methods one schedule runs across every stage); "rewarm": the run's warmup fraction
+              again from the grown model's first step, as for a model trained from scratch.
+    lr_scale: the grown model's peak lr relative to scratch's.
+    """
+
+    schedule: str = "continue"
+    lr_scale: float = 1.0
+
+    def grown_schedule(self) -> Schedule:
+        return Schedule(warmup=0.0 if self.schedule == "continue" else None, lr_scale=self.lr_scale)
+
+    def validate_training(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise BenchError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not (self.lr_scale > 0 and math.isfinite(self.lr_scale)):
+            raise BenchError(f"lr_scale must be a finite number above 0, got {self.lr_scale}")
+
+
+@dataclass
+class StageOptimizer:
+    """optimizer: "carry": AdamW's moments carry into the next stage for every parameter that maps one to one (same
+    tensor, or same name, shape and values after the surgery), fresh for the others; "fresh": a new AdamW per
+    stage."""
+
+    optimizer: str = "carry"
+
+    def validate_training(self) -> None:
+        if self.optimizer not in OPTIMIZER_HANDLING:
+            raise BenchError(f"optimizer must be one of {', '.join(OPTIMIZER_HANDLING)}, got {self.optimizer!r}")
+
+
 _REGISTRY = Registry("method", __name__, "growbench.methods")
 register_method = _REGISTRY.register
 
@@ -92,6 +131,12 @@ def _setting_value(name: str, key: str, text: str, current):
 def validate_settings(name: str, settings, pair: Pair | None = None) -> None:
     """BenchError when a setting is out of range: every float must be finite, and the settings' own `validate(pair)`
     hook (a method's range checks; `pair` None when it is not known yet) must pass."""
+    for base in (GrownTraining, StageOptimizer):
+        if isinstance(settings, base):
+            try:
+                base.validate_training(settings)
+            except BenchError as error:
+                raise BenchError(f"{name}.{error}") from None
     check = getattr(settings, "validate", None)
     if callable(check):
         check(pair)

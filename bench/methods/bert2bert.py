@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from bench.errors import BenchError
-from bench.methods import GrowthContext, Method, register_method
+from bench.methods import GrownTraining, GrowthContext, Method, StageOptimizer, register_method
 from bench.methods.surgery import bottom_layers, grow, layer_list
 from bench.objective import lm_loss
 from bench.phases import Phase
@@ -41,7 +41,8 @@ def _no_gradient(parameters: list[nn.Parameter]) -> Iterator[None]:
 @register_method("bert2bert")
 class Bert2BERT(Method):
     @dataclass
-    class Settings:
+    class Settings(GrownTraining, StageOptimizer):
+        schedule: str = "rewarm"  # the paper trains its grown model on BERT's recipe, 10K warmup (docs/methods.md)
         width: str = "aki"  # or "fpi" (exact copies)
         stage1_share: float = 0.1  # of the budget, sub-model training
         block_layers: int = 0  # l_b, layers each sub-model step trains; 0 = half the parent's depth (at least 1)
@@ -81,9 +82,10 @@ class Bert2BERT(Method):
                 share=settings.stage1_share,
                 loss=self.submodel_loss(model, block, blocks, sample_seed),
                 variant=lambda step: self.sampled_blocks(sample_seed, step, blocks),
+                schedule=settings.grown_schedule(),
                 settings=record | {"block_layers": block, "sample_seed": sample_seed},
             )
-        yield Phase("stage-2", model, settings=record)
+        yield Phase("stage-2", model, schedule=settings.grown_schedule(), optimizer=settings.optimizer, settings=record)
 
     @staticmethod
     def sampled_blocks(seed: int, step: int, blocks: int) -> int:

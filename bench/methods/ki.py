@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.methods import GrowthContext, Method, register_method
+from bench.methods import GrowthContext, Method, StageOptimizer, register_method
 from bench.objective import scored_logits
 from bench.phases import Phase
 
@@ -41,7 +41,7 @@ class KnowledgeInheritance(Method):
     needs_parent = True
 
     @dataclass
-    class Settings:
+    class Settings(StageOptimizer):
         temperature: float = 2.0  # τ of the KI paper's released script
         distil_fraction: float = 0.35  # the teacher's share of the budget (the paper: 40K of 125K steps)
 
@@ -72,4 +72,4 @@ class KnowledgeInheritance(Method):
         yield Phase("distil", student, share=settings.distil_fraction, loss=loss, extra_forward=[teacher],
                     settings=dataclasses.asdict(settings))
         if settings.distil_fraction < 1:
-            yield Phase("train", student, keep_optimizer=True)
+            yield Phase("train", student, optimizer=settings.optimizer)

@@ -30,6 +30,18 @@ Two initialisations, two registered methods (methods.md, "ligo"). Official code:
   `Aᵀ·B = I` on the parent's space); depth is one-hot on surgery's `stack_layers` map, no noise.
   Its operator steps start from stacking's loss, not from a worse one.
 
+The end check: the operator phase never ends worse than it started. After its `operator_steps` updates it takes one
+step more, forward only: the operator's end and its start (the initialisation's grown model, which LARGE's own
+weights hold) both score the next training batch, which neither was fitted on (never the validation set), and the
+grown model is materialised from the end unless it scored higher than the start. The check is charged like any
+step (the loop counts its executed FLOPs as a variant of the phase: two forwards, no backward through the model).
+The verdict must be the same on every torchrun rank and survive a checkpoint, with no collective inside a loss
+(the FLOP counter runs a loss on rank 0 alone), so it is a trained scalar, `LigoOperator.verdict`: its loss term
+`verdict · (end - start)` makes its gradient the loss difference over the whole global batch (the loop's
+micro-batch weights, DistributedDataParallel's sum over ranks); its one AdamW step from 0, `-lr·g/(|g| + eps)`,
+leaves it below 0 exactly when the end scored higher. Operator parameters get no gradient in that step, so they
+stay at the end.
+
 Choices where the paper and the official code leave room (recorded in the phase's settings):
 - The MLM head's transform, its LayerNorm and the decoder's input follow the residual stream
   (B_hidden and its input operator); there is no separate B_cls. With tied embeddings the decoder
@@ -58,7 +70,7 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from bench.errors import BenchError
-from bench.methods import GrowthContext, Method, register_method
+from bench.methods import GrownTraining, GrowthContext, Method, register_method
 from bench.methods.stackbert import StackBERT
 from bench.methods.surgery import UnitMap, WidthMaps, axes_of, is_tied, stack_layers, width_maps
 from bench.objective import lm_loss
@@ -158,7 +170,8 @@ class _Frozen(nn.Module):
 
 class LigoOperator(nn.Module):
     """The growth operator: its parameters, a frozen copy of the parent's weights, and the LARGE
-    model, used only as the architecture the computed weights run in until `materialise` fills it.
+    model, the architecture the computed weights run in. LARGE's own weights hold the start (the
+    initialisation's grown model, the end check's reference) until `materialise` writes the kept ones.
 
     Depth starts as `stacking_init(layer_map, depth_noise)`. Width: without `maps`, the official
     `rand` S, and every input side reads through the same `[I; S]`; with `maps` (surgery's width
@@ -206,6 +219,8 @@ class LigoOperator(nn.Module):
                 if space in _READ_SPACES:
                     self.width_in[key] = nn.Parameter(shares_init(unit_maps[space], small))
         self.initial = {name: p.detach().clone() for name, p in self.operator_named_parameters()}
+        self.verdict = nn.Parameter(torch.zeros(()))  # the end check's (module docstring); 0: keep the end
+        self.materialise()  # the start, in LARGE's own weights
 
     def _parent_sources(self, parent: PreTrainedModel, large: PreTrainedModel) -> dict[str, torch.Tensor]:
         """The parent's weights LARGE grows from: block ones per module type and weight / bias, (out, in)
@@ -308,14 +323,46 @@ class LigoOperator(nn.Module):
                 return self.runner(fn, batch)
         return functional_call(self.runner, grown, (fn, batch))
 
+    def start(self, fn, batch):
+        """`fn(LARGE, batch)` with LARGE's own weights: the start, until `materialise` writes the end there."""
+        return fn(self.runner.model, batch)
+
+    def keeps_end(self) -> bool:
+        """The end check's verdict: the operator's end is kept unless the check scored it higher than the start
+        (True before the check)."""
+        return bool(self.verdict.detach() >= 0)
+
+    def kept(self, fn, batch):
+        """`fn` of the model the operator would materialise now."""
+        return self(fn, batch) if self.keeps_end() else self.start(fn, batch)
+
     @torch.no_grad()
     def materialise(self) -> PreTrainedModel:
-        """Write the computed weights into LARGE (ties kept: each tied tensor is written once)."""
+        """LARGE with the kept weights: the computed ones written in (ties kept: each tied tensor is written
+        once), or the start, which LARGE holds already, when the end check kept it."""
         large = self.runner.model
-        grown = self.grown_parameters()
-        for name, parameter in large.named_parameters():
-            parameter.copy_(grown[name])
+        if self.keeps_end():
+            grown = self.grown_parameters()
+            for name, parameter in large.named_parameters():
+                parameter.copy_(grown[name])
         return large
+
+
+class _StepLosses:
+    """The losses of each step's micro-batches, as the phase's loss sees them. Before a phase trains, the loop runs
+    its steps to count their FLOPs (step 0, then the end check; for a seconds budget, to time them): a step lower
+    than the latest one starts the record over, so that only the steps trained stay."""
+
+    def __init__(self):
+        self.steps: dict[int, list[tuple[float, ...]]] = {}
+
+    def add(self, step: int, *losses: float) -> tuple[float, ...]:
+        """Record one micro-batch's losses; the step's means so far."""
+        if self.steps and step < max(self.steps):
+            self.steps.clear()
+        rows = self.steps.setdefault(step, [])
+        rows.append(losses)
+        return tuple(sum(column) / len(rows) for column in zip(*rows))
 
 
 PAPER_OPERATOR_STEPS = 100  # the paper's setting (more did not pay off, Table 3): ~0.06% of its budget
@@ -331,11 +378,11 @@ def default_operator_steps(pair: Pair) -> int:
 
 
 @dataclass
-class OperatorSettings:
-    """The operator phase's knobs, shared by both initialisations."""
+class OperatorSettings(GrownTraining):
+    """The operator phase's knobs, shared by both initialisations, and how the grown model then trains."""
 
-    operator_steps: int = -1  # -1: the pair's default (100 for the paper's pairs, CPU_OPERATOR_STEPS for CPU
-    # pairs); 0: the initialisation alone
+    operator_steps: int = -1  # updates (the phase takes one step more, the end check); -1: the pair's default (100
+    # for the paper's pairs, CPU_OPERATOR_STEPS for CPU pairs); 0: the initialisation alone, no operator phase
     operator_lr: float = 1e-3
     operator_warmup_steps: int = 10  # capped at operator_steps
 
@@ -389,7 +436,7 @@ class Ligo(Method):
         if not trainable:
             raise BenchError(f"{self.name} has nothing to learn for {ctx.pair.name}: "
                              "layers, hidden and FFN sizes are equal")
-        losses: dict[int, list[float]] = {}  # step -> the loss of each of its micro-batches
+        losses = _StepLosses()
         log = self.operator_log
         log |= {
             **dataclasses.asdict(settings), "operator_steps": steps, "operator_warmup_steps": warmup, **init,
@@ -398,25 +445,31 @@ class Ligo(Method):
             "tied_embeddings": operator.tied,
         }
         if steps == 0:  # the initialisation alone: no operator phase
-            yield Phase("train", operator.materialise(), settings=log)
+            yield Phase("train", operator.materialise(), schedule=settings.grown_schedule(), settings=log)
             return
 
         def loss(batch: dict[str, torch.Tensor], step: int, progress: float) -> torch.Tensor:
-            value = operator(lm_loss, batch)
-            losses.setdefault(step, []).append(float(value.detach()))
-            if step == 0:  # a run resumed from a checkpoint has its first loss in `log` already
-                log["operator_loss_first"] = sum(losses[0]) / len(losses[0])
-            last = losses[max(losses)]
-            log["operator_loss_last"] = sum(last) / len(last)
-            return value
+            if step != steps:
+                value = operator(lm_loss, batch)
+                (mean,) = losses.add(step, float(value.detach()))
+                if step == 0:  # a run resumed from a checkpoint has its first loss in `log` already
+                    log["operator_loss_first"] = mean
+                log["operator_loss_last"] = mean
+                return value
+            with torch.no_grad():  # the end check (module docstring): only the verdict gets a gradient
+                end, start = operator(lm_loss, batch), operator.start(lm_loss, batch)
+            log["operator_check_loss_end"], log["operator_check_loss_start"] = losses.add(
+                step, float(end), float(start))
+            return end + operator.verdict * (end - start)
 
         yield Phase(
-            "operator", operator, trainable=trainable, steps=steps, loss=loss,
-            evaluate=lambda batch: operator(lm_loss, batch), lr=lr,
-            warmup_steps=warmup, fits_init=True, settings=log,
+            "operator", operator, trainable=[*trainable, operator.verdict], steps=steps + 1, loss=loss,
+            evaluate=lambda batch: operator.kept(lm_loss, batch), lr=lr, warmup_steps=warmup,
+            variant=lambda step: "end check" if step == steps else "fit", fits_init=True, settings=log,
         )
+        log["operator_kept"] = "end" if operator.keeps_end() else "start"
         log |= {f"operator_{group}_rel_change": value for group, value in operator.relative_change().items()}
-        yield Phase("train", operator.materialise())
+        yield Phase("train", operator.materialise(), schedule=settings.grown_schedule())
 
 
 @register_method("ligo:fpi")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.errors import BenchError
-from bench.methods import GrowthContext, Method, register_method
+from bench.methods import GrownTraining, GrowthContext, Method, StageOptimizer, register_method
 from bench.methods.surgery import DEPTH_MAPS, build_large_at_depth, grow
 from bench.phases import Phase
 
@@ -19,7 +19,7 @@ from bench.phases import Phase
 @register_method("stackbert")
 class StackBERT(Method):
     @dataclass
-    class Settings:
+    class Settings(GrownTraining):
         alpha: float = 0.6  # each duplicated unit's contribution split α / 1−α between its copies
         depth: str = "stack"  # or "interleave" (each layer repeated in place)
         width_seed_offset: int = 1  # the width maps are drawn from the run's seed + this
@@ -36,7 +36,7 @@ class StackBERT(Method):
             raise BenchError(f"stackbert.depth must be one of {', '.join(DEPTH_MAPS)}, got {self.settings.depth!r}")
         growth = grow(ctx.parent, ctx.build_large(), width="split", alpha=self.settings.alpha,
                       seed=ctx.seed + self.settings.width_seed_offset, depth=self.settings.depth)
-        yield Phase("train", growth.model, settings=growth.settings())
+        yield Phase("train", growth.model, schedule=self.settings.grown_schedule(), settings=growth.settings())
 
 
 @register_method("stackbert:progressive")
@@ -44,7 +44,8 @@ class ProgressiveStackBERT(Method):
     needs_parent = False
 
     @dataclass
-    class Settings:
+    class Settings(StageOptimizer):
+        optimizer: str = "fresh"  # StackingBERT's --reset-optimizer at every stacking
         stage1_share: float = 0.125  # training L/4 layers
         stage2_share: float = 0.175  # training L/2 layers; L layers train for the rest of the budget
 
@@ -67,7 +68,7 @@ class ProgressiveStackBERT(Method):
             else:
                 growth = grow(model, fresh, depth="stack")
                 model, settings = growth.model, settings | growth.settings()
-            yield Phase(f"stage-{depth}L", model, share=share, settings=settings)
+            yield Phase(f"stage-{depth}L", model, share=share, optimizer=self.settings.optimizer, settings=settings)
 
     @staticmethod
     def plan(layers: int, shares: tuple[float, float]) -> list[tuple[int, float | None]]:

@@ -241,13 +241,30 @@ def layer_list(model: PreTrainedModel) -> nn.ModuleList:
     return base.h if family(model) == "gpt2" else base.encoder.layer
 
 
+def embedding_modules(model: PreTrainedModel) -> list[nn.Module]:
+    """The modules that turn ids into the first layer's input."""
+    base = model.base_model
+    return [base.wte, base.wpe] if family(model) == "gpt2" else [base.embeddings]
+
+
+@contextmanager
+def embeddings_detached(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
+    """The model with its embeddings' output cut from the graph while the context is open: a tied word embedding
+    then learns only as the output projection, and no backward runs below the lowest layer that trains."""
+    handles = [module.register_forward_hook(lambda module, inputs, output: output.detach())
+               for module in embedding_modules(model)]
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def parameter_groups(model: PreTrainedModel) -> tuple[list[nn.Parameter], list[list[nn.Parameter]], list[nn.Parameter]]:
     """(embeddings, per-layer, head) parameters. A tied output projection is the word embedding, so it
     is listed once, with the embeddings; the head is what remains (MLM transform and bias, or `ln_f`)."""
     layers = [list(layer.parameters()) for layer in layer_list(model)]
-    base = model.base_model
-    embedding_modules = [base.wte, base.wpe] if family(model) == "gpt2" else [base.embeddings]
-    embeddings = [p for module in embedding_modules for p in module.parameters()]
+    embeddings = [p for module in embedding_modules(model) for p in module.parameters()]
     taken = {id(p) for p in embeddings} | {id(p) for layer in layers for p in layer}
     head = [p for p in model.parameters() if id(p) not in taken]
     return embeddings, layers, head

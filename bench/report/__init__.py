@@ -23,7 +23,8 @@ re-runs training. Conventions (see accounting.md, "Savings and statistics"):
   for one device and one math), mean over finished seeds; "unavailable" where the collector knew no peak, never 0.
 
 Layout: read.py (the run directory), statistics.py (crossing point, per-run and per-method numbers),
-tables.py (terminal table, report.md), plots.py (figures); this module ties them into a Report.
+sections.py (reference lines, the loss at phase boundaries, the recipe), tables.py (terminal table, report.md),
+plots.py (figures); this module ties them into a Report.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import pandas as pd
 from bench.records import atomic_path
 from bench.report.plots import PLOT_FILES, method_colours, plot_bill, plot_curves, plot_energy, plot_savings
 from bench.report.read import COSTS, COUNTED_STATE, REFERENCE_METHOD, RunData, RunRecord, method_order, read_run_dir
+from bench.report.sections import reference_note
 from bench.report.statistics import (
     CI_METHOD,
     aggregate,
@@ -49,6 +51,7 @@ from bench.report.statistics import (
     value_at,
 )
 from bench.report.tables import format_markdown, terminal_text
+from bench.report.verdicts import paired_table
 
 __all__ = ["CI_METHOD", "COSTS", "COUNTED_STATE", "PLOT_FILES", "REFERENCE_METHOD", "Report", "RunData", "RunRecord",
            "analyse", "build_report", "crossing_position", "read_run_dir", "t_interval", "value_at"]
@@ -88,6 +91,9 @@ def analyse(run_dir: Path, target: float | None = None) -> Report:
         target_source = f"mean final validation loss of scratch over {len(scratch_losses)} seed(s)"
     else:
         target, target_source = math.nan, "none"
+    warning = reference_note(target, data.manifest)
+    if warning:
+        notes.append(warning)
     unflagged = [method for method in methods if needs_parent_flag(data.manifest, method) is None]
     uses_parent = {method: needs_parent_flag(data.manifest, method) is not False and method != REFERENCE_METHOD
                    for method in methods}
@@ -110,12 +116,14 @@ def analyse(run_dir: Path, target: float | None = None) -> Report:
 
 
 def build_report(run_dir: Path, target: float | None = None, out: Path | None = None) -> Report:
-    """Write summary.csv, summary.parquet, report.md and plots/*.png into `out` (default: the run directory)."""
+    """Write summary.csv, summary.parquet, verdicts.csv, report.md and plots/*.png into `out` (default: the run
+    directory)."""
     report = analyse(run_dir, target)
     out = Path(out) if out is not None else Path(run_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     report.files.append(_atomic(out / "summary.csv", lambda path: report.runs.to_csv(path, index=False)))
     report.files.append(_atomic(out / "summary.parquet", lambda path: report.runs.to_parquet(path, index=False)))
+    report.files.append(_atomic(out / "verdicts.csv", lambda path: paired_table(report).to_csv(path, index=False)))
     colours = method_colours(report.table["method"])
     plotters = (
         lambda: plot_curves(report, "flops", "cumulative executed FLOPs", colours),

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from bench.report.read import COUNTED_STATE, PHASE_COLUMNS, REFERENCE_METHOD, RunRecord
+from bench.report.sections import reference_lines
 from bench.report.statistics import no_savings, t_interval
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ METHOD_COLOURS = {
 }
 SPARE_COLOURS = ("#8c564b", "#e377c2", "#7f7f7f", "#aec7e8", "#98df8a", "#ffbb78", "#c5b0d5", "#f7b6d2")
 PARENT_COLOUR = "#000000"
+REFERENCE_COLOUR = "#8c6d31"
+REFERENCE_STYLES = ("-.", (0, (6, 2, 1, 2, 1, 2)), (0, (2, 2)))  # one per context-free line, weakest first
 PLOT_FILES = ("loss_vs_flops.png", "loss_vs_time.png", "savings.png", "bill.png", "energy.png")
 
 
@@ -86,7 +89,8 @@ def _phase_boundaries(records: list[RunRecord], x: str) -> list[float]:
 
 
 def plot_curves(report: Report, x: str, label: str, colours: dict[str, str]) -> Figure:
-    """Validation loss against a cumulative cost: seeds thin, mean bold, τ, phase starts, the parent's own curve."""
+    """Validation loss against a cumulative cost: seeds thin, mean bold, τ, the context-free reference lines, phase
+    starts, the parent's own curve."""
     figure = Figure(figsize=(9, 5.5), layout="constrained")
     axes = figure.add_subplot()
     plotted, x_max = [], 0.0
@@ -118,11 +122,15 @@ def plot_curves(report: Report, x: str, label: str, colours: dict[str, str]) -> 
                               ha="right", va="top", fontsize=8)
     if not math.isnan(report.target):
         axes.axhline(report.target, color="#333333", linewidth=1, label=f"target τ = {report.target:.4g}")
+    lines = reference_lines(report.manifest)
+    for (line_label, value), style in zip(lines, REFERENCE_STYLES, strict=False):
+        axes.axhline(value, color=REFERENCE_COLOUR, linestyle=style, linewidth=1.3,
+                     label=f"context-free {line_label} = {value:.4g}")
     if plotted:
         losses = np.concatenate(plotted)
         low, high = float(np.nanmin(losses)), float(np.nanpercentile(losses, 95))
-        if not math.isnan(report.target):
-            high = max(high, report.target)
+        levels = [value for _, value in lines] + ([] if math.isnan(report.target) else [report.target])
+        low, high = min([low, *levels]), max([high, *levels])  # τ and every reference line in view
         span = max(high - low, 1e-3)
         axes.set_ylim(low - 0.05 * span, high + 0.1 * span)
     if x_max:

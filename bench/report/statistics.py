@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from bench.hardware import ABOVE_PEAK
 from bench.report.contention import run_contention
 from bench.report.read import COSTS, COUNTED_STATE, PHASE_COLUMNS, REFERENCE_METHOD, TOTALS, RunData, RunRecord
 
@@ -115,14 +116,27 @@ def run_mfu(phases: pd.DataFrame | None) -> float:
     much as its main phase. Each phase keeps the denominator its collector chose (its devices and peak; a CPU is one
     device against its all-thread measured peak), so with one device and one math per run, as every run has, this
     is exactly Σ flops_executed / (Σ train_s × devices × peak), with no peak or device count re-derived here. NaN
-    when a phase that trained has no MFU (no peak known, or records older than the column): a run is never credited
-    with only the phases that had one."""
-    if phases is None or not {"mfu", "train_s"} <= set(phases.columns):
+    when a phase that trained has no MFU (no peak known, refused as above the peak, or records older than the
+    column): a run is never credited with only the phases that had one; and NaN when a phase's stored MFU is above
+    1 (records written before the collector refused those): `run_mfu_source` says why."""
+    if phases is None or not {"mfu", "train_s"} <= set(phases.columns) or _above_peak(phases):
         return math.nan
     trained = phases[phases["train_s"] > 0]
     if not len(trained) or trained["mfu"].isna().any():
         return math.nan
     return float((trained["mfu"] * trained["train_s"]).sum() / trained["train_s"].sum())
+
+
+def _above_peak(phases: pd.DataFrame | None) -> bool:
+    """Whether a phase's stored MFU is above 1: the peak it was divided by is no measurement."""
+    return phases is not None and "mfu" in phases.columns and bool((phases["mfu"] > 1).any())
+
+
+def run_mfu_source(phases: pd.DataFrame | None) -> str:
+    """The peak sources of a run's phases (`phase_labels`), "unreliable: above the peak (...)" around them where a
+    stored MFU is above 1: the report then shows no MFU, and says why."""
+    labels = phase_labels(phases, "mfu_peak_source")
+    return f"{ABOVE_PEAK} ({labels})" if _above_peak(phases) and ABOVE_PEAK not in labels else labels
 
 
 def parent_cost_of(data: RunData) -> tuple[dict[str, float], str]:
@@ -175,7 +189,7 @@ def summarise_runs(data: RunData, target: float, uses_parent: dict[str, bool],
                "reached": pd.NA, "censored": pd.NA if record.counted else False,
                "energy_method": phase_labels(record.phases, "energy_method"),
                "mfu": run_mfu(record.phases) if record.counted else math.nan,
-               "mfu_peak_source": phase_labels(record.phases, "mfu_peak_source"),
+               "mfu_peak_source": run_mfu_source(record.phases),
                "outside_plain_large": outside_plain_share(record.phases) if record.counted else math.nan,
                **contention[record.folder]}
         position, censored = None, False
@@ -197,7 +211,7 @@ def summarise_runs(data: RunData, target: float, uses_parent: dict[str, bool],
             row[f"total_{key}"] = totals[key] if record.counted else math.nan
         rows.append(row)
     runs = pd.DataFrame(rows)
-    for column in ("reached", "censored", "contended"):
+    for column in ("reached", "censored", "contended", "calibration_reliable"):
         runs[column] = runs[column].astype("boolean")
     runs["seed"] = runs["seed"].astype("Int64")
     return runs
@@ -220,6 +234,7 @@ def aggregate(runs: pd.DataFrame, uses_parent: dict[str, bool]) -> pd.DataFrame:
     finished = runs[runs["state"] == COUNTED_STATE]
     has_target = bool(finished["reached"].notna().any())
     contended = finished[finished["contended"].fillna(False).astype(bool)]
+    uncalibrated = finished[~finished["calibration_reliable"].fillna(True).astype(bool)]
     rows = []
     for method, needs_parent in uses_parent.items():
         mine = runs[runs["method"] == method]
@@ -243,6 +258,8 @@ def aggregate(runs: pd.DataFrame, uses_parent: dict[str, bool]) -> pd.DataFrame:
         spoiled = contended[contended["method"].isin([method, REFERENCE_METHOD])]
         row["time_contended"] = bool(len(spoiled))
         row["contended_runs"] = ", ".join(spoiled["folder"])
+        # and reference time is no measurement where a run of the method or of scratch used an unreliable calibration
+        row["reference_unreliable"] = bool(uncalibrated["method"].isin([method, REFERENCE_METHOD]).any())
         rows.append(row)
     table = pd.DataFrame(rows)
     table["reached"] = table["reached"].astype("boolean")

@@ -17,10 +17,21 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from bench.calibration import CONTENTION_THRESHOLD, MIN_JUDGED_STEPS
-from bench.report.contention import TIME_KEYS, UNRELIABLE, calibration_summary, drift_sentence, energy_sentence
+from bench.hardware import ABOVE_PEAK
+from bench.report.contention import (
+    REFERENCE_KEYS,
+    TIME_KEYS,
+    UNRELIABLE,
+    UNRELIABLE_CALIBRATION,
+    calibration_summary,
+    drift_sentence,
+    energy_sentence,
+)
 from bench.report.plots import PLOT_FILES
 from bench.report.read import COSTS, LABEL_COLUMNS, REFERENCE_METHOD
-from bench.report.statistics import no_savings, phase_labels, run_mfu
+from bench.report.sections import boundary_section, reference_sentence, training_section
+from bench.report.statistics import no_savings, run_mfu, run_mfu_source
+from bench.report.verdicts import verdicts_section
 
 if TYPE_CHECKING:
     from bench.report import Report
@@ -50,6 +61,8 @@ def _savings_cell(row: pd.Series, name: str) -> str:
         return missing
     if row.get("time_contended") is True and name.endswith(TIME_KEYS):
         return UNRELIABLE
+    if row.get("reference_unreliable") is True and name.endswith(REFERENCE_KEYS):
+        return UNRELIABLE_CALIBRATION
     text = f"{100 * row[name]:.1f}%"
     if not pd.isna(row[f"{name}_lo"]):
         text += f" [{100 * row[f'{name}_lo']:.1f}, {100 * row[f'{name}_hi']:.1f}]"
@@ -57,8 +70,11 @@ def _savings_cell(row: pd.Series, name: str) -> str:
 
 
 def mfu_cell(value: float, peak_source: str) -> str:
-    """'41.2%'; without a value, "unavailable" where the collector knew no peak for the device and math (its
+    """'41.2%'; "unreliable: above the peak" for a value above 100% or a peak source that says so (never the
+    number); without a value, "unavailable" where the collector knew no peak for the device and math (its
     `mfu_peak_source` says "unavailable: <why>"), "n/a" where the records hold no MFU (older runs)."""
+    if ABOVE_PEAK in str(peak_source) or (not pd.isna(value) and value > 1):
+        return ABOVE_PEAK
     if not pd.isna(value):
         return f"{100 * value:.3g}%"
     return MFU_UNAVAILABLE if MFU_UNAVAILABLE in str(peak_source) else "n/a"
@@ -108,7 +124,7 @@ def format_main_table(report: Report, markdown: bool) -> str:
                      "-", "-", "-", "-", number(parent_loss, 4),
                      number(math.exp(parent_loss) if not math.isnan(parent_loss) else math.nan, 4),
                      number(cost["flops"]), "-", number(cost["train_s"] / 3600),
-                     mfu_cell(run_mfu(phases), phase_labels(phases, "mfu_peak_source")), number(cost["energy_kwh"]),
+                     mfu_cell(run_mfu(phases), run_mfu_source(phases)), number(cost["energy_kwh"]),
                      number(cost["co2_kg"]), number(cost["cost_cloud_usd"]), number(cost["cost_energy_usd"])])
     return _table(headers, rows, markdown)
 
@@ -190,25 +206,39 @@ def _unreliable_methods(report: Report) -> list[str]:
 
 
 def _contention_warning(report: Report) -> str:
-    """One paragraph: whose wall-time savings are unreliable and why, or nothing when no run was contended."""
+    """One paragraph: whose wall-time savings are unreliable and why, and whose reference-time savings rest on an
+    unreliable calibration; nothing when neither."""
     methods = _unreliable_methods(report)
-    contended = report.runs[report.runs["contended"].fillna(False).astype(bool)] if "contended" in report.runs else []
-    if not len(contended):
-        return ""
-    text = (f"Contended runs (a phase's train step ran more than {CONTENTION_THRESHOLD:g}× slower than calibrated, or "
-            f"than the same phase in another run): {', '.join(contended['folder'])}.")
+    runs, table = report.runs, report.table
+    contended = runs[runs["contended"].fillna(False).astype(bool)] if "contended" in runs else runs.iloc[:0]
+    uncalibrated = ([row["method"] for _, row in table.iterrows() if row["reference_unreliable"]]
+                    if "reference_unreliable" in table.columns else [])
+    parts = []
+    if len(contended):
+        parts.append(f"Contended runs (a phase's train step ran more than {CONTENTION_THRESHOLD:g}× slower than its "
+                     "calibrated step, or, where the calibration is unreliable or absent, than the same phase in the "
+                     f"fastest run): {', '.join(contended['folder'])}.")
     if methods:
-        text += (f" Wall-time, energy and dollar savings of {', '.join(methods)} are shown as \"{UNRELIABLE}\": they "
-                 "measure the machine's other work as much as the method. Trust FLOPs and reference-time savings, "
-                 "or rerun on a quiet machine.")
-    return text
+        parts.append(f"Wall-time, energy and dollar savings of {', '.join(methods)} are shown as \"{UNRELIABLE}\": "
+                     "they measure the machine's other work as much as the method.")
+    if uncalibrated:
+        problems = runs.loc[runs["calibration_problem"].astype(bool), "calibration_problem"] \
+            if "calibration_problem" in runs else []
+        first = f" (first: {problems.iloc[0]})" if len(problems) else ""
+        parts.append(f"The calibration is unreliable for runs behind {', '.join(uncalibrated)}{first}: their "
+                     f"reference-time savings are shown as \"{UNRELIABLE_CALIBRATION}\".")
+    if methods or uncalibrated:
+        parts.append("Trust FLOPs" + ("" if uncalibrated else " and reference-time savings")
+                     + ", or rerun on a quiet machine.")
+    return " ".join(parts)
 
 
 def terminal_text(report: Report) -> str:
-    """What `bench report` prints: τ, how savings and intervals are made, the main table, and a contention warning."""
-    warning = _contention_warning(report)
+    """What `bench report` prints: τ, how savings and intervals are made, the main table and a contention warning (the
+    warning when τ is not below the context-free reference line goes to stderr: bench/runner/comparison.py)."""
+    warnings = [text for text in (_contention_warning(report),) if text]
     return (f"target val loss τ = {number(report.target, 4)} ({report.target_source}); {SAVINGS_RULE}\n\n"
-            + format_main_table(report, markdown=False) + (f"\n\n{warning}" if warning else ""))
+            + format_main_table(report, markdown=False) + "".join(f"\n\n{text}" for text in warnings))
 
 
 def _time_section(report: Report) -> str:
@@ -219,8 +249,8 @@ def _time_section(report: Report) -> str:
     runs = report.runs
     judged = runs[runs["contended"].notna()] if "contended" in runs.columns else runs.iloc[:0]
     rule = (f"a phase is contended when, over at least {MIN_JUDGED_STEPS} steps, its train step took more than "
-            f"{CONTENTION_THRESHOLD:g}× its calibrated step (forward, backward and update; `slowdown` in phases.csv) "
-            "or the fastest run's step of the same phase signature")
+            f"{CONTENTION_THRESHOLD:g}× its calibrated step (forward, backward and update; `slowdown` in phases.csv), "
+            "or, where the calibration is unreliable or absent, the fastest run's step of the same phase signature")
     if not len(judged):
         lines.append(f"- **Contention.** Not judged: the run records lack what it needs ({rule}).")
     elif not _contended(runs):
@@ -229,8 +259,8 @@ def _time_section(report: Report) -> str:
         contended = runs[runs["contended"].fillna(False).astype(bool)]
         detail = "; ".join(f"{run['folder']}: {run['contended_phases']}" for _, run in contended.iterrows())
         lines.append(f"- **Contention.** {_contention_warning(report)} ({rule}; per run: {detail}.) FLOPs and "
-                     "reference time do not depend on the machine's load and stay the headline; for wall time, "
-                     "rerun the contended runs on a quiet machine (a new --out).")
+                     "reference time (from a reliable calibration) do not depend on the machine's load and stay the "
+                     "headline; for wall time, rerun the contended runs on a quiet machine (a new --out).")
     drift = drift_sentence(table)
     if drift:
         lines.append(f"- **Calibration before and after.** {drift}")
@@ -260,7 +290,8 @@ def format_markdown(report: Report) -> str:
             f"- seeds: {', '.join(str(seed) for seed in seeds)}",
             "- hardware: " + (", ".join(f"{key} {value}" for key, value in hardware.items()) or "not recorded"),
             f"- prices as of: {prices.get('as_of', 'not recorded')}",
-            f"- target validation loss τ: {number(report.target, 4)} ({report.target_source})",
+            f"- target validation loss τ: {number(report.target, 4)} ({report.target_source}); "
+            + reference_sentence(report.target, manifest),
             f"- parent (SMALL) cost from: {report.parent_source}",
         ]),
         "## Main table",
@@ -276,8 +307,13 @@ def format_markdown(report: Report) -> str:
         ("The parent's whole pretraining cost added to the cost to τ of every method that uses the parent "
          "(KI too: its teacher is the parent)."),
         _savings_table(report, "savings_charged_"),
+        verdicts_section(report, lambda headers, rows: _table(headers, rows, markdown=True)),
+        "## What growth cost at the boundary",
+        boundary_section(report, lambda headers, rows: _table(headers, rows, markdown=True)),
         "## Time, energy and contention",
         _time_section(report),
+        "## How it was trained",
+        training_section(manifest),
         "## How the costs were obtained",
         _provenance(report),
         "## Plots",

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from bench import __version__, distributed
+from bench import __version__, data, distributed, logs
 from bench.calibration import (
     CALIBRATION_FILE,
     CalibrationTable,
@@ -326,7 +326,11 @@ def _manifest(config, pair, budget, large_flops, methods, prepared, loop, prices
                    "seed": PARENT_SEED, **({"checkpoint": prepared.parent.essentials(prepared.tokenizer)}
                                            if prepared.parent is not None else {})},
         "data": prepared.fingerprint(),
+        "reference_lines": {**data.reference_losses(prepared.tokenized.train, prepared.validation().batches,
+                                                   prepared.tokenizer, prepared.objective, prepared.vocab_size),
+                            "how": data.REFERENCE_HOW},  # derived from "data": not an IDENTITY entry of its own
         "train": {"optim": asdict(loop.optim), "eval_points": loop.eval_points, "device": str(loop.device),
+                  "recipe": {"name": pair.defaults.recipe.name, "source": pair.defaults.recipe.source},
                   "dtype": config.dtype, "autocast": str(loop.autocast_dtype), "micro_batch": loop.micro_batch,
                   "quick": config.quick, "world_size": distributed.world().size},
         "flop_convention": "1 multiply-add = 2 FLOPs; flops_executed counted by torch FlopCounterMode on one real step",
@@ -405,8 +409,14 @@ def method_list(text: str) -> list[str]:
 
 
 def report(run_dir: Path, target: float | None = None):
+    """The run directory's report, built and written; a warning (stderr, unless quiet) when τ is not below the
+    manifest's strongest context-free reference line."""
     from bench.report import build_report
 
-    return build_report(run_dir, target)
+    built = build_report(run_dir, target)
+    warning = data.reference_warning(built.target, built.manifest.get("reference_lines"))
+    if warning:
+        logs.warn(warning)
+    return built
 
 

@@ -73,14 +73,20 @@ class Prepared:
     def source(self, seed: int) -> BatchSource:
         stream = data.BatchStream(self.tokenized.train, self.tokenizer, self.objective, self.config.seq_len,
                                   self.config.batch_size, seed)
-        validation = data.validation_batches(self.tokenized, self.objective, self.config.seq_len,
-                                             self.config.batch_size)
-        return BatchSource(stream.batch, validation, self.config.seq_len * self.config.batch_size,
+        return BatchSource(stream.batch, self.validation().batches, self.config.seq_len * self.config.batch_size,
                            causal=self.objective == "causal")
 
+    def validation(self) -> data.ValidationSet:
+        """The fixed evaluation set, the same for every run and seed."""
+        return data.validation_set(self.tokenized, self.objective, self.config.seq_len, self.config.batch_size)
+
     def fingerprint(self) -> dict:
+        """What the numbers depend on in the data: the corpus and vocabulary used (not those asked for), how the
+        batches are scored and the validation set's size (so that a run directory made otherwise is not resumed)."""
         fingerprint = {**asdict(self.config), "corpus": self.corpus.fingerprint, "tokens": self.tokenized.fingerprint,
-                       "vocab_size": self.vocab_size}  # the corpus and vocabulary used, not those asked for
+                       "vocab_size": self.vocab_size,
+                       "scoring": data.batch_recipe(self.tokenizer, self.objective, self.config.seq_len),
+                       "validation": self.validation().size()}
         if self.parent is not None:  # the tokenizer is the parent's (or --tokenizer's), not one growbench trained
             fingerprint["tokenizer"] = {"from": self.config.tokenizer_dir or self.parent.source,
                                         "fingerprint": data.tokenizer_fingerprint(self.tokenizer),
@@ -145,7 +151,8 @@ def check_micro_batch(micro_batch: int | None, batch_size: int) -> None:
 def loop_config(pair: Pair, device: str = "auto", dtype: str = "auto", lr: float | None = None,
                 eval_points: int = 20, progress_bar: bool = True, label: str = "",
                 micro_batch: int | None = None, batch_size: int | None = None) -> LoopConfig:
-    """The loop's settings. `micro_batch` (rows; None: the pair's default, on every device) is checked against
+    """The loop's settings: the optimizer and schedule of the pair's recipe, `lr` (None: the recipe's) its peak
+    learning rate. `micro_batch` (rows; None: the pair's default, on every device) is checked against
     `batch_size` (None: the pair's). On CUDA, TF32 is switched on for tf32 and off for fp32 and bf16 (process-wide:
     one run's settings per process)."""
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0):
@@ -157,7 +164,8 @@ def loop_config(pair: Pair, device: str = "auto", dtype: str = "auto", lr: float
                             pair.defaults.micro_batch if micro_batch is None else micro_batch)
     torch_device, autocast, tf32 = resolve_device(device, dtype)
     set_matmul_precision(torch_device, tf32)
-    optim = OptimConfig() if lr is None else OptimConfig(lr=lr)
+    settings = pair.defaults.recipe.optim_settings()
+    optim = OptimConfig(**(settings if lr is None else {**settings, "lr": lr}))
     return LoopConfig(optim=optim, eval_points=eval_points, device=torch_device, autocast_dtype=autocast,
                       micro_batch=pair.defaults.micro_batch if micro_batch is None else micro_batch,
                       progress_bar=progress_bar, label=label)

@@ -66,6 +66,9 @@ class Phase:
                one trains again, unchanged (the same tensor, or the same name, shape and values after a surgery),
                keeps its AdamW moments and step count; the others start fresh (KI's switch from teacher-guided
                to plain training, MSLT's joint stage).
+    embeddings_detached: the loss cuts the embeddings' output from the graph, so a trainable embedding learns only
+               through its later uses (MSLT's tied head trained as the output projection): the derived FLOP counts
+               (fvcore, analytic) then start the backward at the first layer that trains, as the executed one does.
     fits_init: the phase only fits the grown model's initialisation (LiGO's operator); `bench grow`
                runs such phases and stops at the first phase that is not one.
     settings:  what the method chose for this phase, recorded in phases.csv.
@@ -89,6 +92,7 @@ class Phase:
     warmup_steps: int = 0
     variant: Callable[[int], Hashable] | None = None
     optimizer: str = "fresh"
+    embeddings_detached: bool = False
     fits_init: bool = False
     settings: dict = field(default_factory=dict)
     plain: bool = field(init=False)

@@ -39,6 +39,7 @@ from bench.step_plan import MAX_PHASE_STEPS, StepCosts, StepPlan, step_flops, st
 
 __all__ = ["MAX_PHASE_STEPS", "StepCosts", "StepPlan", "step_flops", "step_seconds"]  # the plan, from bench.step_plan
 BUDGET_UNITS = ("flops", "tokens", "seconds")
+RUN_SCHEDULE = Schedule()  # the run's own warmup and peak
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class OptimConfig:
     warmup_fraction: float = 0.06
     grad_clip: float = 1.0
 
-    def lr_at(self, progress: float, schedule: Schedule = Schedule()) -> float:
+    def lr_at(self, progress: float, schedule: Schedule = RUN_SCHEDULE) -> float:
         """Linear warmup over the first `warmup_fraction` of the budget (or the schedule's own warmup), then linear
         decay to 0 at it, peaking at `lr` (times the schedule's `lr_scale`)."""
         warmup = self.warmup_fraction if schedule.warmup is None else schedule.warmup

@@ -172,7 +172,7 @@ def test_a_known_40_percent_saving_is_estimated_near_40_percent():
     biased low (isotonic regression pools the last points and keeps the lower mean), which shrinks savings at
     100% toward 0 by a few points: −2 at the sweep's noise, −6 at 0.025 (measured); the power law has no end."""
     for fraction in (0.5, 0.75):
-        bias, coverage, _ = repeated(lambda m, s: paired_savings(m, s, fraction), 150, 5, 0.4, shared=True)
+        bias, coverage, _ = repeated(lambda m, s, at=fraction: paired_savings(m, s, at), 150, 5, 0.4, shared=True)
         assert abs(bias) < 0.015 and coverage >= 0.9
     bias, coverage, _ = repeated(paired_savings, 150, 5, 0.4, shared=True, noise=REALISTIC_NOISE)
     assert -0.03 < bias < 0 and coverage >= 0.85

@@ -17,8 +17,8 @@ from bench.errors import BenchError
 from bench.report import CI_METHOD, PLOT_FILES, analyse, build_report, crossing_position, t_interval, value_at
 from bench.report.plots import method_colours, plot_curves
 from bench.report.statistics import t_quantile
-from bench.runner.comparison import report as report_command
 from bench.report.tables import format_markdown
+from bench.runner.comparison import report as report_command
 
 EVAL_STEPS = list(range(0, 101, 10))  # the budget is 100 steps; eval every 10, the first before training
 SCRATCH_FLOPS_PER_STEP = 1.2e11  # scratch spends 1.2e13 FLOPs at the budget
@@ -573,8 +573,14 @@ def _calibrated_run_dir(root: Path, poisoned: bool) -> Path:
     scratch-s1's plain LARGE phase 5x slow. Poisoned: the plain LARGE signature's before value disagreed with the
     after table (found after the runs had judged themselves against it), the shallow one's rounds disagreed (known
     to the runs), and ligo-s0's phases.csv holds an MFU of 260% (a peak measured on a busy machine)."""
-    from bench.calibration import CALIBRATION_FILE, CalibrationTable, Timing, contention_verdict, marked_unreliable
-    from bench.calibration import rounds_disagreement
+    from bench.calibration import (
+        CALIBRATION_FILE,
+        CalibrationTable,
+        Timing,
+        contention_verdict,
+        marked_unreliable,
+        rounds_disagreement,
+    )
 
     run_dir = make_run_dir(root)
     shallow_rounds = [0.2, 1.04, 0.9] if poisoned else [0.2, 0.21, 0.2]

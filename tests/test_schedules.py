@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
+from test_contracts import random_batch, run_phases, tiny_context
+from test_train import BATCH, SEQ, model, run, synthetic_batch
 
+from bench.collectors.flops import analytic_step_flops, count_executed_step, fvcore_step
 from bench.errors import BenchError
 from bench.methods import make_method
 from bench.phases import Phase, Schedule
 from bench.train import Budget, OptimConfig, _optimizer_for, early_steps
-from test_contracts import random_batch, run_phases, tiny_context
-from test_train import BATCH, SEQ, model, run, synthetic_batch
 
 
 def test_a_schedule_without_warmup_starts_at_its_peak_and_ends_at_zero_at_the_budget():
@@ -24,7 +25,7 @@ def test_a_schedule_without_warmup_starts_at_its_peak_and_ends_at_zero_at_the_bu
     assert optim.lr_at(1.0, Schedule(warmup=0.0, lr_scale=2.0)) == 0.0
 
 
-@pytest.mark.parametrize("schedule", [dict(warmup=1.0), dict(warmup=-0.1), dict(lr_scale=0.0)])
+@pytest.mark.parametrize("schedule", [{"warmup": 1.0}, {"warmup": -0.1}, {"lr_scale": 0.0}])
 def test_a_schedule_out_of_range_is_refused(schedule):
     with pytest.raises(ValueError):
         Schedule(**schedule)
@@ -123,8 +124,16 @@ def test_mslt_growth_stages_train_the_tied_head_as_told(embeddings, word_trains,
     growth.prepare()
     reached = {}
     bottom = growth.model.bert.encoder.layer[0]
-    bottom.register_forward_hook(lambda module, inputs, output: reached.setdefault("input", inputs[0]))
+    def record(module, inputs, output):
+        reached["input"] = inputs[0]
+
+    handle = bottom.register_forward_hook(record)
     growth.forward_backward(random_batch("bert", torch.Generator().manual_seed(0)), 0, 0.0)
+    handle.remove()
     assert reached["input"].requires_grad is below_new_layers
     if word_trains:
         assert word.grad is not None and word.grad.abs().sum() > 0
+    batch = random_batch("bert", torch.Generator().manual_seed(1))
+    executed = count_executed_step(growth, batch)
+    assert analytic_step_flops(growth, batch) == pytest.approx(executed, rel=0.02)  # the books' audit allows 5%
+    assert fvcore_step(growth, batch).training_flops == pytest.approx(executed, rel=0.05)  # + LayerNorm

@@ -193,6 +193,7 @@ def fvcore_step(phase: Phase, batch: dict[str, torch.Tensor], step: int = 0, pro
     names = [name for name, _ in modules]
     training_self: dict[str, int] = {}
     gradient_flows = False
+    detached = tuple(f"model.{path}" for path in _embedding_paths(phase.model.config)) if phase.embeddings_detached else ()
     for name, module in modules:
         own = Counter(forward.get(name, {}))
         for child in names:
@@ -203,7 +204,7 @@ def fvcore_step(phase: Phase, batch: dict[str, torch.Tensor], step: int = 0, pro
             continue
         owned = [p for p in module.parameters(recurse=False) if id(p) in trainable]
         training_self[name] = _own_training_flops(own, gradient_flows, _has_weight_matrix(owned))
-        gradient_flows = gradient_flows or bool(owned)
+        gradient_flows = gradient_flows or (bool(owned) and not (detached and name.startswith(detached)))
     rows = [
         {"module": name or "(phase)", "forward_flops": sum(forward.get(name, {}).values()),
          "training_flops": sum(v for n, v in training_self.items() if n == name or not name or n.startswith(name + "."))}
@@ -247,7 +248,7 @@ def _units(config, batch: dict[str, torch.Tensor], layers: int | None) -> list[_
     layers = config.num_hidden_layers if layers is None else layers
     attention = 4 * tokens * seq_len * hidden  # QK^T and AV, sdpa over the full square (causal masks too)
     if config.model_type == "gpt2":
-        units = [_Unit(0, ("transformer.wte", "transformer.wpe"))]
+        units = [_Unit(0, _embedding_paths(config))]
         for i in range(layers):
             p = f"transformer.h.{i}."
             units += [_Unit(0, (p + "ln_1",)), _Unit(2 * tokens * hidden * 3 * hidden, (p + "attn.c_attn",)),
@@ -255,9 +256,9 @@ def _units(config, batch: dict[str, torch.Tensor], layers: int | None) -> list[_
                       _Unit(0, (p + "ln_2",)), _Unit(2 * tokens * hidden * ffn, (p + "mlp.c_fc",)),
                       _Unit(2 * tokens * ffn * hidden, (p + "mlp.c_proj",))]
         return units + [_Unit(0, ("transformer.ln_f",)), _Unit(2 * scored * hidden * vocab, ("lm_head",))]
-    embeddings, layer_list, transform, transform_norm, decoder = _LAYOUTS[config.model_type]
+    _, layer_list, transform, transform_norm, decoder = _LAYOUTS[config.model_type]
     query, key, value, out, out_norm, up, down, down_norm = _ENCODER_LAYER
-    units = [_Unit(0, (embeddings,))]
+    units = [_Unit(0, _embedding_paths(config))]
     for i in range(layers):
         p = f"{layer_list}.{i}."
         units += [_Unit(2 * tokens * hidden * 3 * hidden, (p + query, p + key, p + value)),
@@ -268,6 +269,11 @@ def _units(config, batch: dict[str, torch.Tensor], layers: int | None) -> list[_
                     _Unit(2 * scored * hidden * vocab, (decoder,))]
 
 
+def _embedding_paths(config) -> tuple[str, ...]:
+    """The modules that embed the ids, as `_units` lists them first."""
+    return ("transformer.wte", "transformer.wpe") if config.model_type == "gpt2" else (_LAYOUTS[config.model_type][0],)
+
+
 def _ffn(config) -> int:
     if config.model_type == "gpt2":
         return config.n_inner or 4 * config.hidden_size
@@ -275,11 +281,12 @@ def _ffn(config) -> int:
 
 
 def analytic_lm_flops(model: nn.Module, batch: dict[str, torch.Tensor], trainable: list[nn.Parameter] | None = None,
-                      forward_only: bool = False, layers: int | None = None) -> int:
+                      forward_only: bool = False, layers: int | None = None, embeddings_detached: bool = False) -> int:
     """Analytic FLOPs of one LM-loss step of a transformers `model` (bert, roberta, gpt2) on `batch`.
 
     trainable: the parameters updated (None: all). forward_only: a teacher pass. layers: run only the
-    bottom `layers` layers (a sub-model, as bert2BERT's stage 1 samples). A fully trained model comes to
+    bottom `layers` layers (a sub-model, as bert2BERT's stage 1 samples). embeddings_detached: no gradient flows back
+    from the embeddings' output (Phase.embeddings_detached). A fully trained model comes to
     6·N per token for the layers, 6·N_head per scored position, and 14·L·T·hidden per token of attention.
     """
     config = getattr(model, "config", None)
@@ -287,7 +294,7 @@ def analytic_lm_flops(model: nn.Module, batch: dict[str, torch.Tensor], trainabl
         raise UncountedPhase(f"{type(model).__name__} is not a bert, roberta or gpt2 language model")
     trainable_ids = {id(p) for p in (model.parameters() if trainable is None else trainable)}
     total, gradient_flows = 0, False
-    for unit in _units(config, batch, layers):
+    for index, unit in enumerate(_units(config, batch, layers)):
         if forward_only:
             total += unit.forward
             continue
@@ -296,7 +303,7 @@ def analytic_lm_flops(model: nn.Module, batch: dict[str, torch.Tensor], trainabl
             total += unit.forward * (1 + gradient_flows + _has_weight_matrix(owned))
         else:
             total += unit.forward + (5 * unit.forward // 2 if gradient_flows else 0)
-        gradient_flows = gradient_flows or bool(owned)
+        gradient_flows = gradient_flows or (bool(owned) and not (embeddings_detached and index == 0))
     return total
 
 
@@ -305,7 +312,7 @@ def analytic_step_flops(phase: Phase, batch: dict[str, torch.Tensor]) -> int:
     model forward only. Raises UncountedPhase where the formula cannot know what runs."""
     if phase.variant is not None:
         raise UncountedPhase("the step structure varies from step to step (variant); use analytic_lm_flops per key")
-    total = analytic_lm_flops(phase.model, batch, phase.trainable)
+    total = analytic_lm_flops(phase.model, batch, phase.trainable, embeddings_detached=phase.embeddings_detached)
     return total + sum(analytic_lm_flops(model, batch, forward_only=True) for model in phase.extra_forward)
 
 

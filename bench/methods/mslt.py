@@ -59,11 +59,12 @@ class MSLT(Method):
         for stage, (current, target) in enumerate(itertools.pairwise(depths), start=1):
             deeper = grow(model, build_large_at_depth(ctx, target), depth="stack")
             model = deeper.model
-            embeddings, layers, head = parameter_groups(model)
+            _, layers, head = parameter_groups(model)
             trainable = [p for layer in layers[current:] for p in layer] + head + self.trained_embeddings(model)
             stage_record = record | deeper.settings() | {"layers": target, "trained_layers": [current, target - 1]}
             yield Phase(f"growth-{stage}", model, trainable=trainable, share=stage_share, schedule=schedule,
-                        loss=self.growth_loss(model), optimizer=settings.optimizer, settings=stage_record)
+                        loss=self.growth_loss(model), embeddings_detached=settings.embeddings == "output",
+                        optimizer=settings.optimizer, settings=stage_record)
         yield Phase("joint", model, schedule=schedule, optimizer=settings.optimizer,
                     settings=record | {"layers": large.layers})
 

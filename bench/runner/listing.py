@@ -36,11 +36,11 @@ def _pair_class(label: str, d: PairDefaults) -> list[str]:
     warmup_steps = round(r.warmup_fraction * d.budget_steps)
     clip = f"grad clip {r.grad_clip:g}" if r.grad_clip else "no grad clip"
     return [
-        f"  {label}: budget {d.budget_steps} steps (quick {d.quick_budget_steps}), parent {d.parent_steps} steps "
-        f"(quick {d.quick_parent_steps}), batch {d.batch_size} x {d.seq_len}, vocab {d.vocab_size}",
-        f"    recipe {r.name}: {r.optimizer} lr {r.lr:g}, betas ({r.betas[0]:g}, {r.betas[1]:g}), eps {r.eps:g}, "
-        f"weight decay {r.weight_decay:g}, warmup {warmup_steps} of {d.budget_steps} steps "
-        f"({r.warmup_fraction:.3g} of the budget) then linear decay, {clip}",
+        (f"  {label}: budget {d.budget_steps} steps (quick {d.quick_budget_steps}), parent {d.parent_steps} steps "
+         f"(quick {d.quick_parent_steps}), batch {d.batch_size} x {d.seq_len}, vocab {d.vocab_size}"),
+        (f"    recipe {r.name}: {r.optimizer} lr {r.lr:g}, betas ({r.betas[0]:g}, {r.betas[1]:g}), eps {r.eps:g}, "
+         f"weight decay {r.weight_decay:g}, warmup {warmup_steps} of {d.budget_steps} steps "
+         f"({r.warmup_fraction:.3g} of the budget) then linear decay, {clip}"),
         textwrap.fill(r.source, width=118, initial_indent="    source: ", subsequent_indent="      ",
                       break_long_words=False, break_on_hyphens=False),
     ]

@@ -471,3 +471,22 @@ def test_wall_time_and_energy_are_not_judged_where_the_baseline_was_contended(ba
     assert result.ok, result.text
     assert _verdicts(result, "ligo")["wall-time savings"].startswith("skipped (contended")
     assert _verdicts(result, "ligo")["reference-time savings"] != "skipped (contended: the machine ran other work)"
+
+
+def test_reference_time_is_not_judged_where_the_baseline_s_calibration_was_unreliable(baseline, tmp_path):
+    """Reference time is steps x calibrated step time: a table taken on a busy machine says nothing about the code."""
+    run_dir, path, _ = baseline
+
+    def unreliable_and_much_better(stored):
+        stored["methods"]["ligo"]["reference_unreliable"] = True
+        stored["methods"]["ligo"]["quantities"]["savings_reference_s"]["value"] += 0.60
+
+    result = check(run_dir, _edit_baseline(path, tmp_path, unreliable_and_much_better))
+    assert result.ok, result.text
+    assert _verdicts(result, "ligo")["reference-time savings"] == "skipped (unreliable calibration)"
+
+    def only_much_better(stored):
+        stored["methods"]["ligo"]["quantities"]["savings_reference_s"]["value"] += 0.60
+
+    (tmp_path / "reliable").mkdir()
+    assert not check(run_dir, _edit_baseline(path, tmp_path / "reliable", only_much_better)).ok  # judged otherwise

@@ -29,6 +29,7 @@ from bench.check.baseline import (
     complete,
     hardware_fingerprint,
     load_baseline,
+    reference_unreliable,
     time_contended,
     write_baseline,
 )
@@ -126,6 +127,11 @@ def _method_rows(method: str, expected: dict, current: pd.Series, same_hardware:
             rows.append(CheckRow(method, quantity.label, _format(quantity, expected_quantity["value"]), "",
                                  _format(quantity, current[quantity.column]), "",
                                  "skipped (contended: the machine ran other work)"))
+        elif quantity.follows_calibration and (reference_unreliable(current)
+                                               or expected.get("reference_unreliable", False)):
+            rows.append(CheckRow(method, quantity.label, _format(quantity, expected_quantity["value"]), "",
+                                 _format(quantity, current[quantity.column]), "",
+                                 "skipped (unreliable calibration)"))
         elif quantity.is_savings and not (reached_now and reached_then):
             rows.append(CheckRow(method, quantity.label, _format(quantity, expected_quantity["value"]), "",
                                  _format(quantity, current[quantity.column]), "", "n/a (target not reached)"))

@@ -41,12 +41,13 @@ class Quantity:
     hardware_dependent: bool
     is_savings: bool = True
     follows_wall_time: bool = False  # measured while the steps ran, so contention spoils it (reference time: not)
+    follows_calibration: bool = False  # computed from the calibration table, so an unreliable one spoils it
 
 
 QUANTITIES = (
     Quantity("savings_flops", "FLOPs savings", 0.02, True, False),
     Quantity("final_val_loss", "final val loss", 0.02, False, False, is_savings=False),
-    Quantity("savings_reference_s", "reference-time savings", 0.05, True, True),
+    Quantity("savings_reference_s", "reference-time savings", 0.05, True, True, follows_calibration=True),
     Quantity("savings_train_s", "wall-time savings", 0.10, True, True, follows_wall_time=True),
     Quantity("savings_energy_kwh", "energy savings", 0.15, True, True, follows_wall_time=True),
 )
@@ -59,6 +60,13 @@ energy are comparable; software versions and the driver are recorded there but d
 def time_contended(row) -> bool:
     """Whether the report found a run of this method (or of scratch) contended: its wall time measured other work."""
     value = row.get("time_contended")
+    return value is not None and not pd.isna(value) and bool(value)
+
+
+def reference_unreliable(row) -> bool:
+    """Whether a run of this method (or of scratch) used an unreliable calibration: its reference time is no
+    measurement."""
+    value = row.get("reference_unreliable")
     return value is not None and not pd.isna(value) and bool(value)
 
 
@@ -118,7 +126,8 @@ def make_baseline(report: Report, allow_incomplete: bool = False) -> dict:
                                            "seeds": len(values)}
         methods[row["method"]] = {"reached": None if pd.isna(row["reached"]) else bool(row["reached"]),
                                   "n_done": int(row["n_done"]), "n_reached": int(row["n_reached"]),
-                                  "time_contended": time_contended(row), "quantities": quantities}
+                                  "time_contended": time_contended(row),
+                                  "reference_unreliable": reference_unreliable(row), "quantities": quantities}
     manifest = report.manifest
     return {
         "format": BASELINE_FORMAT,

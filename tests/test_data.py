@@ -408,6 +408,6 @@ def test_validation_batches_are_fixed_and_bounded(tokenized):
 def test_too_little_text_for_one_sequence_is_a_bench_error(tokenized):
     short = data.TokenizedCorpus(tokenized.train, tokenized.val[:10], tokenized.tokenizer, "short")
     with pytest.raises(BenchError, match="validation"):
-        data.validation_batches(short, "causal", 16, 4)
+        data.validation_set(short, "causal", 16, 4)
     with pytest.raises(BenchError, match="training"):
         data.BatchStream(tokenized.val[:10], tokenized.tokenizer, "causal", 16, 4, seed=0)

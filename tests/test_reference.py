@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 from bench.cli import main
-from bench.data import TokenizedCorpus, reference_losses, reference_warning, validation_batches, validation_set
+from bench.data import TokenizedCorpus, reference_losses, reference_warning, validation_set
 from bench.objective import IGNORE
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -35,7 +35,7 @@ def _zipf() -> np.ndarray:
 
 def _lines(train: np.ndarray, val: np.ndarray, objective: str, seq_len: int = 64):
     tokenizer = _tokenizer()
-    validation = validation_batches(TokenizedCorpus(train, val, tokenizer, "test"), objective, seq_len, 16)
+    validation = validation_set(TokenizedCorpus(train, val, tokenizer, "test"), objective, seq_len, 16).batches
     return reference_losses(train, validation, tokenizer, objective, len(tokenizer)), validation
 
 

@@ -22,7 +22,6 @@ from bench.data.batches import (
     mask_tokens,
     masked_per_row,
     scored_predictions,
-    validation_batches,
     validation_set,
 )
 from bench.data.corpus import (
@@ -56,5 +55,5 @@ __all__ = [
     "batch_recipe", "builtin_package_roots", "cache_root", "extract_docstring_corpus", "load_corpus",
     "load_pretrained_tokenizer", "load_tokenizer", "mask_tokens", "masked_per_row", "prose_paragraphs",
     "reference_losses", "reference_warning", "scored_predictions", "strongest_line", "tokenize_corpus",
-    "tokenizer_fingerprint", "validation_batches", "validation_set",
+    "tokenizer_fingerprint", "validation_set",
 ]

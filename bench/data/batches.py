@@ -206,7 +206,3 @@ def validation_set(
     return ValidationSet(batches, blocks, masks, scored_predictions(batches, objective == "causal"))
 
 
-def validation_batches(tokenized: TokenizedCorpus, objective: str, seq_len: int, batch_size: int
-                       ) -> list[dict[str, torch.Tensor]]:
-    """`validation_set`'s batches."""
-    return validation_set(tokenized, objective, seq_len, batch_size).batches

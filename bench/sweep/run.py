@@ -133,8 +133,7 @@ def plan_sweep(options: SweepOptions, echo: Callable[[str], None] = print) -> Pl
     selected = select_points(plan, options.points)
     cached = {steps: RunDir(data.cache_root() / "parents" / parent_key(pair.small, steps, prepared, loop)).is_done()
               for steps in plan.parent_steps}
-    eval_batches = len(data.validation_batches(prepared.tokenized, prepared.objective, prepared.config.seq_len,
-                                               prepared.config.batch_size))
+    eval_batches = len(prepared.validation().batches)
     return Planned(plan, selected, large_seconds, small_seconds, eval_batches, cached)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from bench.hardware import ABOVE_PEAK
 from bench.report.contention import run_contention
@@ -21,11 +22,6 @@ from bench.report.read import COSTS, COUNTED_STATE, PHASE_COLUMNS, REFERENCE_MET
 
 CI_METHOD = "t (censored seeds at the budget)"
 """How Report.table's intervals are made (its `ci_method` column); `n_seeds` says over how many seeds."""
-
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-"""Student-t 0.975 quantiles for 1..30 degrees of freedom (standard tables); beyond 30 the normal 1.96."""
 
 
 # --------------------------------------------------------------------------- crossing point and intervals
@@ -61,7 +57,7 @@ def t_quantile(df: int) -> float:
     """The 0.975 quantile of Student's t with `df` degrees of freedom (two-sided 95%)."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be at least 1, not {df}")
-    return T_975[df - 1] if df <= len(T_975) else 1.96
+    return float(stats.t.ppf(0.975, df))
 
 
 def t_interval(values: Sequence[float]) -> tuple[float, float]:

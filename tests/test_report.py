@@ -248,8 +248,8 @@ def test_t_quantiles_match_the_tables():
 
 
 def test_t_interval_is_mean_plus_minus_t_standard_errors_and_needs_two_values():
-    low, high = t_interval([1.0, 2.0, 3.0])  # mean 2, s 1, n 3: 2 ± 4.303/√3
-    assert (low, high) == pytest.approx((2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)), abs=1e-3)  # the printed tables round t to 4.303
+    low, high = t_interval([1.0, 2.0, 3.0])  # mean 2, s 1, n 3: 2 ± 4.303/√3 (t rounded as printed)
+    assert (low, high) == pytest.approx((2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)), abs=1e-3)
     values = [0.41, 0.47, 0.44, 0.52]
     low, high = t_interval(values)
     assert low < np.mean(values) < high

@@ -31,7 +31,6 @@ import logging
 import os
 import random
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import torch
 
 from bench.errors import BenchError
 from bench.records import atomic_path
+from bench.stopping import TEST_KILL, SelfSignal, send_due_signal
 
 if TYPE_CHECKING:
     from bench.collectors import CollectorSet
@@ -56,10 +56,8 @@ os.umask(_UMASK)
 
 FORMAT = 3
 LATEST = "LATEST"
-TEST_KILL = "GROWBENCH_TEST_KILL"
-"""Tests only: `PHASE:STEP[:INT][:save]` makes the process send itself SIGKILL (SIGINT with `INT`) once it has
-trained STEP steps of the phase named PHASE, or, with `save`, in the middle of writing the first checkpoint at
-or after that step (its files written, not yet published)."""
+__all__ = ["FORMAT", "LATEST", "TEST_KILL", "Checkpointing", "Checkpoints", "Saved", "remove_checkpoints"]
+"""TEST_KILL, the tests' hook (bench/stopping.py), is named here too: the checkpoints fire it."""
 
 
 @dataclass
@@ -87,7 +85,7 @@ class Checkpoints:
         self._meta: dict = {}
         self._last = time.monotonic()
         self._failed = False
-        self._kill = _TestKill.from_environment() if setting is not None else None
+        self._test_signals = SelfSignal.from_environment() if setting is not None else []  # TEST_KILL's
 
     @property
     def enabled(self) -> bool:
@@ -96,8 +94,7 @@ class Checkpoints:
     def wanted(self, phase: Phase, local_step: int, at_eval: bool) -> bool:
         """At a point where the loop reads its losses: whether to save a checkpoint there (always at an eval point,
         between them once every_seconds passed). Under torchrun rank 0 decides, for every rank."""
-        if self._kill and not self._kill.in_save and self._kill.matches(phase.name, local_step, exact=True):
-            self._kill.fire()
+        send_due_signal(self._test_signals, phase.name, local_step)
         return self.enabled and (at_eval or time.monotonic() - self._last >= self.setting.every_seconds)
 
     # ------------------------------------------------------------------------------------------- saving
@@ -132,8 +129,7 @@ class Checkpoints:
             torch.save(_models(phase), writing / f"phase-{index}.pt")
             torch.save(optimizer.state_dict(), writing / "optimizer.pt")
             torch.save(self._state(state, phase, totals), writing / "state.pt")
-            if self._kill and self._kill.in_save and self._kill.matches(phase.name, state.local_step):
-                self._kill.fire()
+            send_due_signal(self._test_signals, phase.name, state.local_step, in_save=True)
             meta = {"format": FORMAT, "number": int(name), "phase_index": index, "phase": phase.name,
                     "phases": [row["phase"] for row in state.phase_rows] + [phase.name],
                     "local_step": state.local_step, "phase_steps": len(state.plan),
@@ -315,25 +311,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          numpy["has_gauss"], numpy["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@dataclass(frozen=True)
-class _TestKill:
-    phase: str
-    step: int
-    signal: int
-    in_save: bool
-
-    @classmethod
-    def from_environment(cls) -> _TestKill | None:
-        text = os.environ.get(TEST_KILL)
-        if not text:
-            return None
-        phase, step, *flags = text.split(":")
-        return cls(phase, int(step), signal.SIGINT if "INT" in flags else signal.SIGKILL, "save" in flags)
-
-    def matches(self, phase: str, local_step: int, exact: bool = False) -> bool:
-        return phase == self.phase and (local_step == self.step if exact else local_step >= self.step)
-
-    def fire(self) -> None:
-        os.kill(os.getpid(), self.signal)

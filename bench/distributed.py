@@ -10,7 +10,8 @@ collectors combine them at each eval point and phase end (`CollectorSet`).
 The results do not depend on N: every rank draws the same global batch and takes rows
 [rank x B/N, (rank+1) x B/N), the loss is normalised by the global number of scored tokens, rank 0 plans the steps
 (and their FLOPs) exactly as one process would, and the ranks agree at every point where losses are read: a
-non-finite loss on any rank stops all of them at the same step.
+non-finite loss on any rank stops all of them at the same step, and so does a stop signal any rank received
+(bench/stopping.py: the largest signal number over the ranks, `max_over_ranks`; rank 0 alone writes the checkpoint).
 
 Why DDP and not FSDP: growbench's largest sizes (BERT-Large, 340M parameters; GPT-2-medium, 355M) hold their fp32
 weights, gradients and AdamW state in about 16 bytes per parameter, 5.7 GB, plus activations that `--micro-batch`
@@ -136,6 +137,12 @@ def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
 def min_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     if _world.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return tensor
+
+
+def max_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    if _world.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 

@@ -4,14 +4,39 @@ Exit codes: 0 ok; 1 a check found a regression, or some runs failed after the ot
 2 bad input, or an output location that cannot be used (a read-only folder, a file where a folder belongs,
 permission denied); 3 an environment fault: the machine cannot go on (disk full, quota exceeded, out of
 memory, an I/O error), and the same command with --resume continues; 4 an internal error (a bug in growbench);
-130 interrupted.
+130 interrupted (SIGINT); 128 + the signal's number when stopped by SIGHUP (129), SIGUSR1 (138) or SIGTERM (143),
+after a checkpoint where a run was training (bench/stopping.py).
 """
 
 from __future__ import annotations
 
 import errno
+import signal
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+
+EXIT_SIGNAL_BASE = 128
+"""A command stopped by signal N exits EXIT_SIGNAL_BASE + N, as a shell reports a process the signal killed."""
+
+
+class Stopped(BaseException):
+    """A stop signal (SIGTERM, SIGHUP, SIGUSR1) ended the command (exit 128 + its number). A BaseException, as
+    KeyboardInterrupt is: a caller that keeps going after a failed run must not keep going after this.
+
+    `where` says where a training stopped ("" when it stopped at once); `curve` holds that run's eval points so far."""
+
+    def __init__(self, number: int, where: str = "", curve: list[dict] | None = None):
+        super().__init__(number, where)
+        self.number, self.where, self.curve = number, where, curve
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.number).name
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SIGNAL_BASE + self.number
 
 
 class BenchError(Exception):
@@ -89,6 +114,8 @@ def exit_code_and_message(error: BaseException) -> tuple[int, str]:
     RunsFailed's list of runs)."""
     if isinstance(error, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(error, Stopped):
+        return error.exit_code, f"stopped by {error.name}" + (f" {error.where}" if error.where else "")
     if isinstance(error, BenchError):
         return EXIT_BAD_INPUT, " ".join(str(error).split("\n"))
     if isinstance(error, RunsFailed):

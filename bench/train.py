@@ -9,7 +9,10 @@ cadence for every method; every step is charged its executed FLOPs; the learning
 (warmup, then linear decay) ends exactly at the budget.
 
 Nothing lost: with `Checkpoints` (bench/checkpoint.py) the loop saves its state at every eval point and every
-so many seconds, and a killed run continues from there to the result it would have had.
+so many seconds, and a killed run continues from there to the result it would have had. A stop signal (SIGTERM,
+SIGHUP, SIGUSR1: bench/stopping.py) ends the loop at a step boundary, after a checkpoint at that step: one process
+stops after the step it is on, torchrun's ranks at the next point where they read their losses (every step on a CPU,
+at most `read_every` steps on a GPU), all at the same step.
 
 The step itself (bench/step.py) does not wait for the GPU: train losses stay on the device until a read point
 (every `read_every` steps, eval points, a phase's end), where they are read once and, under torchrun, agreed
@@ -26,11 +29,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench import distributed
+from bench import distributed, stopping
 from bench.checkpoint import Checkpointing, Checkpoints, Saved
 from bench.collectors import CollectorSet
 from bench.distributed import World
-from bench.errors import BenchError
+from bench.errors import BenchError, Stopped
 from bench.logs import RunProgress
 from bench.objective import with_scored_positions
 from bench.phases import Phase, Schedule
@@ -182,7 +185,10 @@ def train_phases(
     progress = RunProgress(config.label, config.progress_bar and world.leader, spent_at_start=state.ledger.progress)
     run = _Run(state, data, batches, validation, config, collectors, checkpoints, progress, world)
     try:
-        return run.phases(phases, init_only, saved)
+        with stopping.deferred(f"training {config.label or 'the run'}"):
+            result = run.phases(phases, init_only, saved)
+            run.agree_on_stop(flagged=True)  # a signal after the last read: every rank ends alike, after this run
+            return result
     finally:
         batches.close()
 
@@ -260,6 +266,7 @@ class _Run:
 
         plan, loss_of, meter = state.plan, StepLoss.of(phase, config.device, world), LossMeter(config.device)
         early_step = early_steps(len(plan))
+        stop_at_any_step = not world.distributed  # torchrun's ranks can only agree where they read their losses
         self.progress.start_phase(phase.name, len(plan), state.local_step)
         diverged, save = None, False
         while state.local_step < len(plan) and not diverged:
@@ -276,10 +283,12 @@ class _Run:
                     meter.add(loss, ledger.step)
                     at_eval = ledger.eval_due() or state.local_step == len(plan)
                     at_early = state.local_step == early_step
-                    if not (at_eval or at_early or state.local_step % config.steps_between_reads == 0):
+                    stop_due = stop_at_any_step and stopping.requested() is not None
+                    if not (at_eval or at_early or stop_due or state.local_step % config.steps_between_reads == 0):
                         continue
                     wanted = world.leader and self.checkpoints.wanted(phase, state.local_step, at_eval)
-                    reading = meter.read(world, flag=wanted)  # rank 0's checkpoint decision goes to every rank
+                    # rank 0's checkpoint decision and any rank's stop signal go to every rank
+                    reading = meter.read(world, flag=wanted or stopping.requested() is not None)
                     state.loss_sum, state.loss_steps = state.loss_sum + reading.loss_sum, state.loss_steps + reading.steps
                     self.progress.advance(reading.steps, reading.loss_sum / reading.steps, lr)
                     if not reading.finite:
@@ -300,8 +309,15 @@ class _Run:
                                          state.loss_sum / state.loss_steps)
                 ledger.passed_eval()
                 state.loss_sum, state.loss_steps = 0.0, 0
-            if save:  # at eval points, and when one is due
+            stop = self.agree_on_stop(save)
+            if save or stop:  # at eval points, when one is due, and before stopping
                 self.checkpoints.save(state, phase, optimizer, collectors)
+            if stop:
+                self.progress.close()
+                raise Stopped(stop, f"after step {ledger.step} of {config.label or 'the run'} ({phase.name}: "
+                                    f"{state.local_step} of {len(plan)} steps), "
+                                    + ("its checkpoint written" if self.checkpoints.enabled else "no checkpoint kept"),
+                              curve=list(state.curve))
         self.progress.close()
         phase.zero_grad()
         start_step, start_tokens, start_flops = state.phase_start
@@ -313,6 +329,19 @@ class _Run:
                "val_loss_after_1pct": state.boundary.get("val_loss_after_1pct", math.nan),
                "steps_1pct": early_step, "settings": phase.settings}
         return collectors.end_phase(row["steps"], row), diverged
+
+    def agree_on_stop(self, flagged: bool) -> int | None:
+        """The stop signal every rank stops on now, or None. Call it on every rank alike, with `flagged` the read's
+        flag (False: no rank had a signal when the losses were read)."""
+        if not flagged:
+            return None
+        if not self.world.distributed:
+            return stopping.requested()
+        number = int(distributed.max_over_ranks(
+            torch.tensor(stopping.requested() or 0, dtype=torch.int64, device=self.config.device)).item())
+        if number:
+            stopping.agree(number)
+        return number or None
 
     def evaluate(self, phase: Phase, train_loss: float) -> float:
         """Validation loss of the phase's model (rank 0's; the others' curve is not kept), logged as a curve row at the

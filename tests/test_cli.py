@@ -169,7 +169,7 @@ def test_check_and_baseline_pass_allow_incomplete(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(bench.check, "check", lambda run_dir, baseline, **kw: seen.append(("check", kw)) or Result())
     assert main(["baseline", str(tmp_path), "--out", str(tmp_path / "b.json"), "--allow-incomplete"]) == 0
     assert main(["check", str(tmp_path), "--baseline", str(tmp_path / "b.json")]) == 0
-    assert seen == [("baseline", {"allow_incomplete": True}), ("check", {"allow_incomplete": False})]
+    assert seen == [("baseline", {"allow_incomplete": True, "reproductions": []}), ("check", {"allow_incomplete": False})]
 
 
 def test_the_command_line_wins_over_the_config_files_budget_and_run_directory_choice(captured_config, tmp_path,

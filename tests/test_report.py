@@ -192,22 +192,24 @@ def test_cheaper_is_positive_dearer_is_negative_and_never_reaching_is_distinct(t
     assert table.at["ki", "n_reached"] == 3
     mslt = table.loc["mslt"]
     assert not mslt["reached"] and mslt["n_reached"] == 0
-    # every seed censored at the budget: its own cost at the budget is scratch's, so the upper bound is 0
-    assert mslt["savings_flops"] == pytest.approx(0.0)
+    # no seed gets to its τ_s: each is judged at its own loss, which scratch reaches sooner, so the saving is negative
+    assert mslt["savings_flops"] < -0.3
     for seed in (0, 1, 2):
         run = _row(report.runs, "mslt", seed)
-        assert not run["reached"] and run["censored"] and math.isnan(run["cost_to_target_flops"])
+        assert not run["reached"] and run["at_own_loss"]
+        assert run["target"] == pytest.approx(curve_loss(4.0, 8.0, 3.0)(100, seed))  # its own final loss
+        assert run["cost_to_target_flops"] > run["scratch_cost_to_target_flops"]
     mslt_line = next(line for line in report.text.splitlines() if line.startswith("mslt"))
     assert "not reached" in mslt_line and "0/3 reached" in mslt_line
     assert "0.0%" not in mslt_line and "100" not in mslt_line
-    # the target is scratch's mean final loss over seeds
+    # the target shown is the mean of τ_s, scratch's final losses here (strictly falling curves: the fit is the curve)
     scratch_final = [curve_loss(3.0, 10.0, 3.0)(100, seed) for seed in (0, 1, 2)]
     assert report.target == pytest.approx(np.mean(scratch_final))
 
 
 def test_a_given_target_replaces_scratchs(tmp_path):
     report = analyse(make_run_dir(tmp_path / "run"), target=4.3)
-    assert report.target == 4.3 and report.target_source == "given"
+    assert report.target == 4.3 and report.target_source == "given, for every seed"
     assert bool(report.table.set_index("method").at["mslt", "reached"])  # 4.3 is within mslt's reach
 
 
@@ -231,7 +233,11 @@ def test_method_intervals_cover_the_mean_and_only_runs_that_finished_count(tmp_p
     ligo = report.table.set_index("method").loc["ligo"]
     assert (ligo["n_runs"], ligo["n_done"], ligo["n_reached"]) == (3, 2, 2)
     assert ligo["savings_flops_lo"] <= ligo["savings_flops"] <= ligo["savings_flops_hi"]
-    assert ligo["savings_flops_lo"] < ligo["savings_flops_hi"]  # the seeds differ, so the interval has width
+    # each seed's curves sit 0.01 higher than the seed before in ligo and scratch alike: τ_s moves with them, so
+    # pairing cancels the shift that a mean τ would turn into seed-to-seed spread
+    targets = report.runs[report.runs["method"] == "ligo"]["target"].dropna()
+    assert targets.diff().dropna().tolist() == pytest.approx([0.01])
+    assert ligo["savings_flops_hi"] - ligo["savings_flops_lo"] < 1e-9
     diverged = _row(report.runs, "ligo", 2)
     assert diverged["state"] == "diverged" and pd.isna(diverged["reached"]) and math.isnan(diverged["savings_flops"])
     assert any("ligo-s2: diverged" in note for note in report.notes)
@@ -264,25 +270,44 @@ def _seed_dependent(reaching_seeds: set[int]) -> Spec:
     return Spec(lambda step, seed: (3.0 if seed in reaching_seeds else 4.0) + 5.0 * math.exp(-5.0 * step / 100))
 
 
-def test_censored_seeds_lower_the_mean_savings(tmp_path):
+def test_seeds_short_of_their_target_count_at_their_own_loss(tmp_path):
     specs = {"scratch": default_specs()["scratch"], "mixed": _seed_dependent({0, 1})}
     report = analyse(make_run_dir(tmp_path / "run", specs))
     runs = report.runs[report.runs["method"] == "mixed"].set_index("seed")
-    assert list(runs["reached"]) == [True, True, False] and list(runs["censored"]) == [False, False, True]
+    assert list(runs["reached"]) == [True, True, False] and list(runs["at_own_loss"]) == [False, False, True]
     scratch_budget = 100 * SCRATCH_FLOPS_PER_STEP
     survivors = [1 - runs.at[seed, "cost_to_target_flops"] / scratch_budget for seed in (0, 1)]
-    censored = 1 - 100 * SCRATCH_FLOPS_PER_STEP / scratch_budget  # seed 2 at its own cost at the budget: 0
-    assert runs.at[2, "savings_flops"] == pytest.approx(censored)
+    # seed 2 ends at 4.03, which scratch seed 2 reaches after about 64 of its 100 steps: the method's whole budget
+    # buys what 64 steps of scratch buy, a negative saving (a censored estimator would read 0 here)
+    short = runs.loc[2]
+    assert short["target"] == pytest.approx(_seed_dependent({0, 1}).loss(100, 2))
+    assert short["cost_to_target_flops"] == pytest.approx(scratch_budget)
+    assert 0.6 * scratch_budget < short["scratch_cost_to_target_flops"] < 0.7 * scratch_budget
+    matched = 1 - scratch_budget / short["scratch_cost_to_target_flops"]
+    assert short["savings_flops"] == pytest.approx(matched) and matched < -0.4
     mixed = report.table.set_index("method").loc["mixed"]
-    assert (mixed["n_done"], mixed["n_reached"], mixed["n_seeds"]) == (3, 2, 3) and mixed["reached"]
-    assert mixed["savings_flops"] == pytest.approx(np.mean([*survivors, censored]))
-    assert mixed["savings_flops"] < np.mean(survivors) - 0.1  # the survivor-only mean overstates it
+    assert (mixed["n_done"], mixed["n_reached"], mixed["n_seeds"], mixed["n_paired"]) == (3, 2, 3, 3)
+    assert mixed["reached"]
+    assert mixed["savings_flops"] == pytest.approx(np.mean([*survivors, matched]))
+    assert mixed["savings_flops"] < np.mean(survivors) - 0.3  # the survivor-only mean overstates it
     assert (mixed["savings_flops_lo"], mixed["savings_flops_hi"]) == pytest.approx(
-        t_interval([*survivors, censored]))
-    assert mixed["ci_method"] == CI_METHOD and "t" in CI_METHOD and "censored" in CI_METHOD
+        t_interval([*survivors, matched]))
+    assert mixed["ci_method"] == CI_METHOD and "paired" in CI_METHOD and "own loss" in CI_METHOD
     line = next(line for line in report.text.splitlines() if line.startswith("mixed"))
     assert "2/3 reached" in line and f"{100 * mixed['savings_flops']:.1f}%" in line
-    assert "mean over all seeds, censored at the budget [95% t-interval]" in report.text
+    assert "a seed short of τ_s at its own loss [95% t-interval]" in report.text
+
+
+def test_a_seed_without_a_scratch_partner_is_named_and_left_out(tmp_path):
+    specs = default_specs()
+    specs["scratch"].states = {2: "failed"}
+    report = analyse(make_run_dir(tmp_path / "run", specs))
+    ligo = report.table.set_index("method").loc["ligo"]
+    assert (ligo["n_done"], ligo["n_paired"]) == (3, 2)
+    paired = report.runs[(report.runs["method"] == "ligo") & report.runs["paired"]]
+    assert ligo["savings_flops"] == pytest.approx(paired["savings_flops"].mean())
+    assert math.isnan(_row(report.runs, "ligo", 2)["savings_flops"])
+    assert any(note.startswith("ligo-s2") and "pair" in note for note in report.notes)
 
 
 def test_fewer_than_half_the_seeds_reaching_is_not_reached(tmp_path):
@@ -322,10 +347,10 @@ def test_report_writes_tables_markdown_and_plots(tmp_path):
     run_dir = make_run_dir(tmp_path / "run", pair="bert-small:bert-base")
     report = build_report(run_dir)
     summary = pd.read_csv(run_dir / "summary.csv")
-    assert len(summary) == 4 * 3 and {"method", "seed", "savings_flops", "reached", "censored", "final_val_loss",
+    assert len(summary) == 4 * 3 and {"method", "seed", "savings_flops", "reached", "at_own_loss", "final_val_loss",
                                       "cost_to_target_flops", "outside_plain_large"} <= set(summary)
-    assert summary.loc[summary["method"] == "mslt", "censored"].all()
-    assert not summary.loc[summary["method"] == "ligo", "censored"].any()
+    assert summary.loc[summary["method"] == "mslt", "at_own_loss"].all()
+    assert not summary.loc[summary["method"] == "ligo", "at_own_loss"].any()
     parquet = pd.read_parquet(run_dir / "summary.parquet")
     assert parquet["savings_flops"].equals(report.runs["savings_flops"])
     for name in PLOT_FILES:
@@ -333,7 +358,7 @@ def test_report_writes_tables_markdown_and_plots(tmp_path):
     markdown = (run_dir / "report.md").read_text()
     for expected in ("bert-small:bert-base", "2026-11-01", "Synthetic CPU", "not reached", "parent (SMALL)",
                      "plots/savings.png", '"lr": 0.001', "parent charged", "cpu:tdp_estimate+ram:ram_heuristic",
-                     "cpu-core $0.0425/vCPU-hour", "How to read", "censored", "95% Student-t",
+                     "cpu-core $0.0425/vCPU-hour", "How to read", "own loss", "95% Student-t",
                      "n = 3 finished seed(s) per method", "fewer than 5 seeds", "outside plain LARGE",
                      "3/3 reached", "0/3 reached"):
         assert expected in markdown, expected

@@ -4,11 +4,13 @@ Judged always, in both directions (hardware-independent): reached / not reached,
 validation loss. A move the worse way beyond the tolerance is a REGRESSION; a move the better way beyond it
 fails too, as "improved — refresh the baseline with `bench baseline`" (accounting.md, "CI gate"): an
 unexplained improvement is as likely a dropped charge as a better method, so whoever made it says so by
-refreshing the baseline in the same change.
+refreshing the baseline in the same change. Their tolerance is what two runs of the same code differ by
+(reproduction noise, with a margin; floors where none was measured: baseline.py), not the seed spread: CI
+re-runs the baseline's own seeds.
 Judged only when the hardware fingerprint matches: reference-time, wall-time and energy savings, and those on
 the interval: they regress only when the current run's whole 95% interval over seeds lies below the
-baseline's band, since one run's wall time on a shared 2-core machine moves by 10–20 points. Moving the
-better way beyond the tolerance is reported as "improved" and never fails.
+baseline's band (max(floor, s / √n)), since one run's wall time on a shared 2-core machine moves by 10–20
+points. Moving the better way beyond the tolerance is reported as "improved" and never fails.
 Every checked run's books are audited too (books.py); a check that fails there fails the gate.
 
 Layout: baseline.py (the baseline and its tolerances: writing, loading, validating it), books.py (the audit
@@ -25,6 +27,7 @@ import pandas as pd
 
 from bench.check.baseline import (
     QUANTITIES,
+    SEED_SPREAD_FORMAT,
     Quantity,
     complete,
     hardware_fingerprint,
@@ -172,6 +175,10 @@ def check(run_dir: Path, baseline_path: Path, allow_incomplete: bool = False) ->
         notes.append(f"Hardware differs from the baseline's ({baseline['hardware_fingerprint']} vs "
                      f"{hardware_fingerprint(manifest.get('hardware'))}): judged only hardware-independent "
                      "quantities (reached, FLOPs savings, final loss); time and energy skipped.")
+    if baseline["format"] == SEED_SPREAD_FORMAT:
+        notes.append(f"Baseline {baseline_path} is of the older format {SEED_SPREAD_FORMAT}: its tolerances are the "
+                     "seed spread's (max(floor, s / sqrt(n))), not reproduction noise; write it again with "
+                     "`bench baseline RUN --out F --reproduction DIR ...`.")
     if baseline.get("seeds") != manifest.get("seeds"):
         notes.append(f"Seeds differ: baseline {baseline.get('seeds')}, this run {manifest.get('seeds')}.")
     new_methods = [method for method in table.index if method not in baseline["methods"]]

@@ -10,6 +10,8 @@ Exit codes (bench/errors.py):
        gone): one line on stderr; for `compare` a second line with the command that continues (`--resume`)
   4    an internal error (a bug in growbench): one line on stderr
   130  interrupted: for `compare`, finished runs are kept and the command that continues is printed
+  129, 138, 143  stopped by SIGHUP, SIGUSR1, SIGTERM (128 + the signal's number): a run that was training finishes
+       its step and writes a checkpoint there first; then as 130 (bench/stopping.py)
 No error prints a traceback; `bench --debug ...` re-raises it, traceback and all.
 
 Under torchrun (`torchrun --nproc-per-node N -m bench compare ...`) rank 0 runs the command and its exit code is
@@ -25,24 +27,32 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 
-from bench import distributed, logs
+from bench import distributed, logs, stopping
 from bench.cli.commands import COMMANDS
 from bench.cli.parser import apply_config_file, build_parser
-from bench.errors import EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK, exit_code_and_message
+from bench.errors import EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK, Stopped, exit_code_and_message
 
 __all__ = ["build_parser", "main"]
 
 TRAINING_COMMANDS = ("compare", "pretrain", "grow", "sweep")
 """The commands whose trainings torchrun's other ranks take part in (the rest run on rank 0 alone)."""
+RERUN_COMMANDS = ("pretrain", "grow")
+"""Continued by running them again as they were (a parent's pretraining continues from its checkpoint)."""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in (argv[:argv.index("--")] if "--" in argv else argv)
     logging.basicConfig(format="%(message)s")
     logging.getLogger("bench").setLevel(logging.INFO)  # one-off notices such as the first corpus extraction
+    with stopping.handlers():  # SIGTERM, SIGHUP, SIGUSR1: a graceful stop (bench/stopping.py)
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
+    debug = "--debug" in (argv[:argv.index("--")] if "--" in argv else argv)
     args = None
     try:
         args = apply_config_file(build_parser(), argv)
@@ -64,13 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except (Exception, KeyboardInterrupt) as error:
+    except (Exception, KeyboardInterrupt, Stopped) as error:
         if debug:
             raise
         code, message = exit_code_and_message(error)
+        if isinstance(error, Stopped) and not distributed.world().leader:  # rank 0 says where they stopped
+            return code
         resume = getattr(args, "resume_command", None)
-        if code == EXIT_INTERRUPTED:
-            print("interrupted" + ("; finished runs are kept. Continue with:" if resume else ""), file=sys.stderr)
+        if isinstance(error, Stopped) and resume is None and getattr(args, "command", None) in RERUN_COMMANDS:
+            resume = shlex.join(["bench", *argv])
+        if code == EXIT_INTERRUPTED or isinstance(error, Stopped):
+            print(("interrupted" if code == EXIT_INTERRUPTED else message)
+                  + ("; finished runs are kept. Continue with:" if resume else ""), file=sys.stderr)
             if resume:
                 print(f"  {resume}", file=sys.stderr)
             return code

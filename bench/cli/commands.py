@@ -153,7 +153,7 @@ def _baseline(args) -> int:
     from bench.check import write_baseline
 
     check_output_location(args.out, "--out", folder=False)
-    write_baseline(args.run_dir, args.out, allow_incomplete=args.allow_incomplete)
+    write_baseline(args.run_dir, args.out, allow_incomplete=args.allow_incomplete, reproductions=args.reproduction)
     _result(f"baseline: {args.out}", baseline=args.out)
     return EXIT_OK
 

@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--out", type=Path, required=True)
     baseline.add_argument("--allow-incomplete", action="store_true",
                           help="write it from a run directory whose runs are not all finished")
+    baseline.add_argument("--reproduction", type=Path, action="append", default=[], metavar="DIR",
+                          help="the same comparison run again with one thing changed (torch threads, a perturbed "
+                               "initialisation): FLOPs savings' and final loss' tolerances come from how far it moved "
+                               "(repeatable)")
 
     commands.add_parser("list", parents=[debug], help="sizes, pairs, methods, collectors and the price table")
 

@@ -3,22 +3,23 @@
 Reporting reads RUN_DIR (manifest.json, runs/*/{curve,phases}.csv + status.json, parent/); it never
 re-runs training. Conventions (see accounting.md, "Savings and statistics"):
 
-- target τ: mean over seeds of scratch's final validation loss, unless the caller gives one.
-- cost to target: the cumulative cost at the FIRST eval point whose validation loss is ≤ τ, linearly
-  interpolated between that point and the one before it (a run already at τ on its first eval point
-  costs that point's cost).
-- savings = 1 − cost_method(τ) / cost_scratch(budget), cost_scratch(budget) = mean over scratch seeds
-  of the final cumulative cost. A finished seed that never reaches τ is *censored* at the budget
-  (`censored` in Report.runs): its cost is its own total at the budget, a lower bound, so its savings
-  are an upper bound (≈ 0 for FLOPs). A cost that was not measured is NaN and printed "n/a", never 0.
+- target τ_s, per seed: scratch seed s's loss at its budget on a monotone (isotonic) fit of its eval points,
+  unless the caller gives one τ for every seed. Method seed s is judged against scratch seed s alone (same
+  batches, same validation set): docs/statistics.md says why this is the headline.
+- cost to target: where the run's monotone fit first reaches the level, in executed FLOPs, and the run's other
+  cumulative costs (seconds, energy, dollars) read at that FLOPs value.
+- savings = 1 − cost_method(τ_s) / cost_scratch_s(τ_s). A finished seed whose fit never gets to τ_s is judged at
+  its own smoothed loss at the budget instead (`at_own_loss` in Report.runs): both costs to that loss, so a
+  worse method reads negative rather than a censored ≈ 0. A cost that was not measured is NaN and printed "n/a",
+  never 0. `Report.target` is the mean of the τ_s, for display.
 - parent cost, *sunk* (the papers' convention) and *charged* (the parent's whole pretraining cost is
   added to the cost to target of every method that uses a parent). Which methods use one: the flag
   `needs_parent` in manifest["methods"][m]; KI counts as one (its teacher is the parent). Without the
   flag, every method but scratch is assumed to use the parent, and the report says so.
-- a method's savings are the mean over ALL its finished seeds, censored ones included (fairness rule 5:
-  no survivor bias), with a 95% Student-t interval on the mean (`ci_method`, `n_seeds` in the table).
+- a method's savings are the mean over ALL its finished seeds that have a scratch partner (fairness rule 5: no
+  survivor bias), with a 95% Student-t interval on the mean (`ci_method`, `n_seeds`, `n_paired` in the table).
   A method counts as reaching τ (`reached` in the table, judged by the gate) when at least half of its
-  finished seeds do; otherwise the report prints "not reached", and "k/n reached" in every case.
+  finished seeds reach their τ_s; otherwise the report prints "not reached", and "k/n reached" in every case.
 - MFU of a run: its phases' `mfu` weighted by their train seconds (= Σ flops_executed / (Σ train_s × devices × peak)
   for one device and one math), mean over finished seeds; "unavailable" where the collector knew no peak, never 0.
 
@@ -36,19 +37,19 @@ from pathlib import Path
 import pandas as pd
 
 from bench.records import atomic_path
+from bench.report.estimators import crossing_position, value_at
 from bench.report.plots import PLOT_FILES, method_colours, plot_bill, plot_curves, plot_energy, plot_savings
 from bench.report.read import COSTS, COUNTED_STATE, REFERENCE_METHOD, RunData, RunRecord, method_order, read_run_dir
 from bench.report.sections import reference_note
 from bench.report.statistics import (
     CI_METHOD,
     aggregate,
-    crossing_position,
     mean_of,
     needs_parent_flag,
     parent_cost_of,
+    scratch_levels,
     summarise_runs,
     t_interval,
-    value_at,
 )
 from bench.report.tables import format_markdown, terminal_text
 from bench.report.verdicts import paired_table
@@ -80,18 +81,18 @@ def analyse(run_dir: Path, target: float | None = None) -> Report:
     data = read_run_dir(run_dir)
     methods = method_order(data)
     notes = []
-    scratch_losses = [record.final_val_loss for record in data.runs
-                      if record.method == REFERENCE_METHOD and record.counted]
-    if not scratch_losses:
-        notes.append("No finished scratch run: savings need scratch's cost at the budget, so none are given.")
+    levels = scratch_levels(data)
+    if not levels:
+        notes.append("No finished scratch run: savings need scratch's cost to each seed's target, so none are given.")
     if target is not None:
-        target_source = "given"
-    elif scratch_losses:
-        target = mean_of(scratch_losses)
-        target_source = f"mean final validation loss of scratch over {len(scratch_losses)} seed(s)"
+        shown, target_source = target, "given, for every seed"
+    elif levels:
+        shown = mean_of(list(levels.values()))
+        target_source = (f"mean of τ_s over {len(levels)} scratch seed(s), each seed's loss at its budget on a "
+                         "monotone fit; every method seed is judged against its own scratch seed's τ_s")
     else:
-        target, target_source = math.nan, "none"
-    warning = reference_note(target, data.manifest)
+        shown, target_source = math.nan, "none"
+    warning = reference_note(shown, data.manifest)
     if warning:
         notes.append(warning)
     unflagged = [method for method in methods if needs_parent_flag(data.manifest, method) is None]
@@ -107,9 +108,13 @@ def analyse(run_dir: Path, target: float | None = None) -> Report:
         if not record.counted:
             notes.append(f"{record.folder}: {record.state}" + (f" ({record.reason})" if record.reason else "")
                          + " — not counted.")
-    runs = summarise_runs(data, float(target), uses_parent, parent_cost)
+    runs = summarise_runs(data, uses_parent, parent_cost, target)
+    unpaired = runs[runs["state"].eq(COUNTED_STATE) & ~runs["paired"]]
+    if len(unpaired) and levels:
+        notes.append(f"{', '.join(unpaired['folder'])}: no finished scratch run of the same seed to pair with — "
+                     "left out of the savings.")
     table = aggregate(runs, uses_parent)
-    report = Report(Path(run_dir), data.manifest, float(target), target_source, parent_cost, parent_source,
+    report = Report(Path(run_dir), data.manifest, float(shown), target_source, parent_cost, parent_source,
                     runs, table, data, notes)
     report.text = terminal_text(report)
     return report

@@ -53,7 +53,6 @@ import pandas as pd
 from scipy import optimize, stats
 
 from bench.report.read import RunData
-from bench.report.statistics import crossing_position, value_at
 
 TARGET_FRACTIONS = (0.5, 0.75, 1.0)
 """Target compute as a share of the budget: τ_s is scratch seed s's smoothed loss there."""
@@ -74,7 +73,53 @@ own loss at the target compute ("match"); it did not, and its budget was taken (
 BEYOND_POLICIES = ("match", "censor", "extrapolate")
 
 
+# --------------------------------------------------------------------------- crossing point
+
+
+def crossing_position(val_loss: Sequence[float], target: float) -> float | None:
+    """Fractional eval-point index where the loss first reaches `target` (≤), or None if it never does.
+
+    Between the last point above τ and the first at or below it the loss is taken as linear. The
+    losses are the scored eval points only (the caller drops rows without a validation loss)."""
+    losses = np.asarray(val_loss, dtype=float)
+    hits = np.flatnonzero(losses <= target)
+    if len(hits) == 0:
+        return None
+    first = int(hits[0])
+    if first == 0:
+        return 0.0
+    above = losses[first - 1]
+    return first - 1 + (above - target) / (above - losses[first])
+
+
+def value_at(values: Sequence[float], position: float) -> float:
+    """Linear interpolation of `values` at a fractional index (NaN when a bracketing value is NaN)."""
+    values = np.asarray(values, dtype=float)
+    below = math.floor(position)
+    if below == position:
+        return float(values[below])
+    fraction = position - below
+    return float(values[below] + fraction * (values[below + 1] - values[below]))
+
+
 # --------------------------------------------------------------------------- curves
+
+
+def scored_rows(curve: pd.DataFrame) -> pd.DataFrame:
+    """A curve.csv frame's rows with a validation loss, one per FLOPs value: the first row of each phase is its
+    start, at the cost where the phase before ended; of the two the later is kept (the model that training
+    continues from, should a growth step have changed the loss)."""
+    scored = curve.dropna(subset=["val_loss", "flops"])
+    return scored[~scored["flops"].duplicated(keep="last")]
+
+
+def cost_at_flops(scored: pd.DataFrame, flops: float, column: str) -> float:
+    """A cumulative cost column of `scored_rows` read at an executed-FLOPs value (linear between eval points; NaN
+    when the column is absent or unmeasured there): where a crossing found on the FLOPs curve lies in seconds,
+    energy or dollars."""
+    if column not in scored.columns or not math.isfinite(flops):
+        return math.nan
+    return float(np.interp(flops, scored["flops"].to_numpy(dtype=float), scored[column].to_numpy(dtype=float)))
 
 
 @dataclass(frozen=True)
@@ -86,11 +131,7 @@ class EvalCurve:
 
     @classmethod
     def from_frame(cls, curve: pd.DataFrame) -> EvalCurve:
-        """A curve.csv frame's rows with a validation loss, one per FLOPs value: the first row of each phase is its
-        start, at the cost where the phase before ended; of the two the later is kept (the model that training
-        continues from, should a growth step have changed the loss)."""
-        scored = curve.dropna(subset=["val_loss", "flops"])
-        scored = scored[~scored["flops"].duplicated(keep="last")]
+        scored = scored_rows(curve)
         return cls(scored["flops"].to_numpy(dtype=float), scored["val_loss"].to_numpy(dtype=float))
 
     @property
@@ -335,9 +376,12 @@ def first_crossing_savings(method: Mapping[int, EvalCurve], scratch: Mapping[int
     return _estimate("first crossing (mean τ, censored)", 1.0, seeds, confidence=confidence)
 
 
-def _seed_savings(seed: int, method: SmoothCurve, scratch: SmoothCurve, target_flops: float,
-                  beyond: str) -> SeedSavings:
-    level = scratch.loss_at(target_flops)
+def seed_savings(seed: int, method: SmoothCurve, scratch: SmoothCurve, target_flops: float, beyond: str = "match",
+                 level: float | None = None) -> SeedSavings:
+    """One method seed against its scratch seed: the level is scratch's smoothed loss at `target_flops` unless
+    given, both costs are first crossings of it on the two smoothed curves, `beyond` decides a miss
+    (paired_savings)."""
+    level = scratch.loss_at(target_flops) if level is None else level
     scratch_cost = scratch.crossing(level).flops
     reached = method.crossing(level)
     if reached.label == INTERPOLATED:
@@ -370,7 +414,7 @@ def paired_savings(method: Mapping[int, EvalCurve], scratch: Mapping[int, EvalCu
         if mine is None or theirs is None:
             seeds.append(SeedSavings(seed, math.nan, math.nan, math.nan, FIT_FAILED))
             continue
-        seeds.append(_seed_savings(seed, mine, theirs, target_fraction * scratch[seed].budget, beyond))
+        seeds.append(seed_savings(seed, mine, theirs, target_fraction * scratch[seed].budget, beyond))
     name = f"paired {smoother.replace('_', ' ')}" + ("" if beyond == "match" else f" ({beyond})")
     return _estimate(name, target_fraction, seeds, unpaired, confidence)
 

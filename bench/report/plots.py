@@ -182,7 +182,7 @@ def plot_savings(report: Report, colours: dict[str, str]) -> Figure:
     axes.set_xlim(-0.6, len(report.table) - 0.4)
     axes.set_ylabel("savings vs scratch (%)")
     axes.set_title("savings to reach τ: FLOPs (solid) and wall time (hatched),\n"
-                   "mean over all seeds (censored at the budget), 95% t-interval")
+                   "paired by seed (monotone fit), mean over all seeds, 95% t-interval")
     axes.grid(axis="y", alpha=0.3)
     if labelled:
         axes.legend(fontsize=8)

@@ -1,10 +1,15 @@
-"""Crossing point, per-run summary and per-method aggregation with intervals.
+"""Per-run summary and per-method aggregation with intervals: the main table and what the CI gate judges.
 
-Survivor bias is not allowed (accounting.md, "Savings and statistics"): every finished seed counts. A seed that
-never reaches τ is *censored* at the budget: its cost is taken as its own total at the budget, a lower bound on
-what reaching τ would cost, so its savings value is an upper bound (≈ 0 for FLOPs, since every run spends the
-budget). Intervals are Student-t intervals on the mean over seeds: a percentile bootstrap of 3 values is far
-too narrow.
+The headline estimator (docs/statistics.md, chosen there by its bias and coverage on synthetic curves and its width
+on real ones): method seed s is judged against scratch seed s, which trains on the same batches and is scored on
+the same validation set. Both runs' eval points are smoothed by a monotone fit (estimators.py); the level τ_s is
+scratch seed s's smoothed loss at its budget (or the τ the caller gives); each cost to τ_s is the crossing on the
+fit, read in FLOPs and mapped to the run's other cumulative costs (seconds, energy, dollars) at that FLOPs value.
+Savings = 1 − method's cost / scratch's cost to the same level. A seed whose fit never gets down to τ_s is not
+censored at the budget (which reads a worse seed as ≈ 0, never negative) but judged at its own smoothed loss at the
+budget ("match"): both costs to that loss, so a worse method reads negative. Survivor bias is not allowed
+(accounting.md, "Savings and statistics"): every finished, paired seed counts, with a Student-t interval on the
+mean over seeds (a percentile bootstrap of 3 values is far too narrow).
 """
 
 from __future__ import annotations
@@ -18,39 +23,24 @@ from scipy import stats
 
 from bench.hardware import ABOVE_PEAK
 from bench.report.contention import run_contention
+from bench.report.estimators import (
+    AT_OWN_LOSS,
+    INTERPOLATED,
+    REACHED,
+    EvalCurve,
+    MonotoneFit,
+    cost_at_flops,
+    monotone_fit,
+    scored_rows,
+    seed_savings,
+)
 from bench.report.read import COSTS, COUNTED_STATE, PHASE_COLUMNS, REFERENCE_METHOD, TOTALS, RunData, RunRecord
 
-CI_METHOD = "t (censored seeds at the budget)"
+CI_METHOD = "t over seeds paired with scratch's (monotone fit; a seed short of tau_s at its own loss)"
 """How Report.table's intervals are made (its `ci_method` column); `n_seeds` says over how many seeds."""
 
 
-# --------------------------------------------------------------------------- crossing point and intervals
-
-
-def crossing_position(val_loss: Sequence[float], target: float) -> float | None:
-    """Fractional eval-point index where the loss first reaches `target` (≤), or None if it never does.
-
-    Between the last point above τ and the first at or below it the loss is taken as linear. The
-    losses are the scored eval points only (the caller drops rows without a validation loss)."""
-    losses = np.asarray(val_loss, dtype=float)
-    hits = np.flatnonzero(losses <= target)
-    if len(hits) == 0:
-        return None
-    first = int(hits[0])
-    if first == 0:
-        return 0.0
-    above = losses[first - 1]
-    return first - 1 + (above - target) / (above - losses[first])
-
-
-def value_at(values: Sequence[float], position: float) -> float:
-    """Linear interpolation of `values` at a fractional index (NaN when a bracketing value is NaN)."""
-    values = np.asarray(values, dtype=float)
-    below = math.floor(position)
-    if below == position:
-        return float(values[below])
-    fraction = position - below
-    return float(values[below] + fraction * (values[below + 1] - values[below]))
+# --------------------------------------------------------------------------- intervals
 
 
 def t_quantile(df: int) -> float:
@@ -166,48 +156,69 @@ def outside_plain_share(phases: pd.DataFrame | None) -> float:
     return 1 - float(flops[plain.astype(bool)].sum()) / float(flops.sum())
 
 
-def summarise_runs(data: RunData, target: float, uses_parent: dict[str, bool],
-                   parent_cost: dict[str, float]) -> pd.DataFrame:
-    """One row per (method, seed): state, final loss, reached / censored, cost to target, savings sunk and
-    charged (a censored run's at its own total cost at the budget), totals, share outside plain LARGE, MFU and
-    its peak's source."""
-    scratch = [_totals(record) for record in data.runs if record.method == REFERENCE_METHOD and record.counted]
-    scratch_budget = {key: mean_of([totals[key] for totals in scratch]) for key in COSTS}
+def scratch_levels(data: RunData) -> dict[int, float]:
+    """τ_s per scratch seed: its monotone-smoothed loss at its own budget (the main table's targets)."""
+    return {seed: fit.loss_at(fit.curve.budget) for seed, (fit, _) in _scratch_partners(data).items()}
+
+
+def _scratch_partners(data: RunData) -> dict[int, tuple[MonotoneFit, pd.DataFrame]]:
+    """Every finished scratch seed's monotone fit and scored eval rows."""
+    partners = {}
+    for record in data.runs:
+        if record.method == REFERENCE_METHOD and record.counted and record.curve is not None and record.seed is not None:
+            partners[int(record.seed)] = (monotone_fit(EvalCurve.from_frame(record.curve)), scored_rows(record.curve))
+    return partners
+
+
+def summarise_runs(data: RunData, uses_parent: dict[str, bool], parent_cost: dict[str, float],
+                   target: float | None = None) -> pd.DataFrame:
+    """One row per (method, seed): state, final loss, the level it is judged at (`target`: τ_s, or the given τ, or
+    its own loss), reached / at own loss, both costs to that level, savings sunk and charged, totals, share outside
+    plain LARGE, MFU and its peak's source. A finished seed without a finished scratch seed of the same number is
+    `paired` False and has no savings."""
+    partners = _scratch_partners(data)
     contention = run_contention(data)
     rows = []
     order = list(uses_parent)
     for record in sorted(data.runs, key=lambda record: (order.index(record.method), record.seed or 0)):
         totals = _totals(record)
+        partner = partners.get(int(record.seed)) if record.seed is not None else None
         row = {"method": record.method, "seed": record.seed, "state": record.state, "reason": record.reason,
                "folder": record.folder, "needs_parent": uses_parent[record.method],
                "final_val_loss": record.final_val_loss if record.counted else math.nan,
                "perplexity": float(np.exp(record.final_val_loss)) if record.counted else math.nan,
-               "reached": pd.NA, "censored": pd.NA if record.counted else False,
+               "paired": bool(record.counted and partner is not None), "target": math.nan,
+               "reached": pd.NA, "at_own_loss": pd.NA,
                "energy_method": phase_labels(record.phases, "energy_method"),
                "mfu": run_mfu(record.phases) if record.counted else math.nan,
                "mfu_peak_source": run_mfu_source(record.phases),
                "outside_plain_large": outside_plain_share(record.phases) if record.counted else math.nan,
                **contention[record.folder]}
-        position, censored = None, False
-        if record.counted and not math.isnan(target):
-            scored = record.curve.dropna(subset=["val_loss"])
-            position = crossing_position(scored["val_loss"], target)
-            censored = position is None
-            row["reached"], row["censored"] = not censored, censored
+        judged = None
+        if row["paired"]:
+            scratch_fit, scratch_rows = partner
+            judged = seed_savings(int(record.seed), monotone_fit(EvalCurve.from_frame(record.curve)), scratch_fit,
+                                  scratch_fit.curve.budget, level=target)
+            row["target"] = judged.level
+            row["reached"], row["at_own_loss"] = judged.how == REACHED, judged.how == AT_OWN_LOSS
+        elif record.counted and target is not None:  # no scratch seed to pair with: reaching a given τ is still known
+            row["target"] = target
+            row["reached"] = monotone_fit(EvalCurve.from_frame(record.curve)).crossing(target).label == INTERPOLATED
         for key in COSTS:
-            to_target = math.nan
-            if position is not None and key in scored.columns:
-                to_target = value_at(scored[key], position)
-            cost = totals[key] if censored else to_target
+            cost = scratch_cost = math.nan
+            if judged is not None and math.isfinite(judged.scratch_cost):  # a given τ scratch never reaches: n/a
+                cost = cost_at_flops(scored_rows(record.curve), judged.method_cost, key)
+                scratch_cost = cost_at_flops(scratch_rows, judged.scratch_cost, key)
             charged = cost + parent_cost[key] if uses_parent[record.method] else cost
-            row[f"cost_to_target_{key}"] = to_target
-            row[f"savings_{key}"] = 1 - cost / scratch_budget[key] if scratch_budget[key] > 0 else math.nan
-            row[f"savings_charged_{key}"] = 1 - charged / scratch_budget[key] if scratch_budget[key] > 0 else math.nan
+            row[f"cost_to_target_{key}"] = cost
+            row[f"scratch_cost_to_target_{key}"] = scratch_cost
+            row[f"savings_{key}"] = 1 - cost / scratch_cost if scratch_cost > 0 else math.nan
+            row[f"savings_charged_{key}"] = 1 - charged / scratch_cost if scratch_cost > 0 else math.nan
         for key in TOTALS:
             row[f"total_{key}"] = totals[key] if record.counted else math.nan
         rows.append(row)
     runs = pd.DataFrame(rows)
-    for column in ("reached", "censored", "contended", "calibration_reliable"):
+    for column in ("reached", "at_own_loss", "contended", "calibration_reliable"):
         runs[column] = runs[column].astype("boolean")
     runs["seed"] = runs["seed"].astype("Int64")
     return runs
@@ -224,7 +235,7 @@ def _with_ci(row: dict, name: str, values: pd.Series, every_seed: bool = False) 
 
 def aggregate(runs: pd.DataFrame, uses_parent: dict[str, bool]) -> pd.DataFrame:
     """One row per method: seeds done / reached, whether it reached τ (at least half its finished seeds did),
-    savings (mean over ALL finished seeds, censored ones at the budget, with a t-interval), final loss and
+    savings (mean over ALL finished seeds paired with a scratch seed, with a t-interval), final loss and
     perplexity (mean and t-interval), the mean totals at the budget, the share outside plain LARGE and the MFU
     with its peak's source."""
     finished = runs[runs["state"] == COUNTED_STATE]
@@ -241,9 +252,11 @@ def aggregate(runs: pd.DataFrame, uses_parent: dict[str, bool]) -> pd.DataFrame:
                "reached": bool(len(done) and 2 * n_reached >= len(done)) if has_target else pd.NA,
                "n_seeds": len(done), "ci_method": CI_METHOD,
                "energy_method": _joined(done["energy_method"]), "mfu_peak_source": _joined(done["mfu_peak_source"])}
+        paired = done[done["paired"]]
+        row["n_paired"] = len(paired)
         for key in COSTS:
-            _with_ci(row, f"savings_{key}", done[f"savings_{key}"], every_seed=True)
-            _with_ci(row, f"savings_charged_{key}", done[f"savings_charged_{key}"], every_seed=True)
+            _with_ci(row, f"savings_{key}", paired[f"savings_{key}"], every_seed=True)
+            _with_ci(row, f"savings_charged_{key}", paired[f"savings_charged_{key}"], every_seed=True)
         _with_ci(row, "final_val_loss", done["final_val_loss"])
         _with_ci(row, "perplexity", done["perplexity"])
         for key in TOTALS:

@@ -1,7 +1,7 @@
 """Text of the report: the terminal table and report.md.
 
-A savings cell is "34.1% [30.2, 38.0]" (mean over all finished seeds, censored ones at the budget, and its 95%
-t-interval), or a word: "not reached" (fewer than half the seeds reached τ), "reference", "no finished run", or
+A savings cell is "34.1% [30.2, 38.0]" (mean over all finished seeds, each paired with its scratch seed, and its
+95% t-interval), or a word: "not reached" (fewer than half the seeds reached τ), "reference", "no finished run", or
 "n/a" (not measured), never a 0 standing in for one of those. "k/n reached" sits next to every growth method.
 Wall-time, energy and dollar savings read "unreliable: contended" when a run of the method or of scratch ran on a
 busy machine (report/contention.py).
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 MFU_UNAVAILABLE = "unavailable"  # how bench/hardware.py's resolve_peak starts the source of a peak it does not know
 
-SAVINGS_RULE = ("savings = 1 − cost to τ / scratch's cost at the budget, mean over all seeds, censored at the "
-                "budget [95% t-interval]")
+SAVINGS_RULE = ("savings = 1 − cost to τ_s / scratch seed s's cost to τ_s on monotone fits, mean over all seeds, a "
+                "seed short of τ_s at its own loss [95% t-interval]")
 
 
 def number(value: float, digits: int = 3) -> str:
@@ -137,21 +137,20 @@ def _savings_table(report: Report, prefix: str) -> str:
 
 
 def _runs_table(report: Report) -> str:
-    """One row per run; a censored run's savings are an upper bound, shown as '≤ x%'."""
-    headers = ["method", "seed", "state", "final val loss", "reached τ", "FLOPs to τ", "FLOPs saved", "wall saved",
-               "outside plain LARGE"]
+    """One row per run: the level it was judged at, whether it got there, its cost and savings."""
+    headers = ["method", "seed", "state", "final val loss", "τ_s", "reached τ_s", "FLOPs to level", "FLOPs saved",
+               "wall saved", "outside plain LARGE"]
     rows = []
     scratch_contended = _contended(report.runs[report.runs["method"] == REFERENCE_METHOD])
     for _, run in report.runs.iterrows():
-        censored = not pd.isna(run["censored"]) and bool(run["censored"])
-        reached = "n/a" if pd.isna(run["reached"]) else ("yes" if run["reached"] else "no (censored)")
-        savings = [("≤ " if censored and not pd.isna(run[f"savings_{key}"]) else "") + _percent(run[f"savings_{key}"])
-                   for key in ("flops", "train_s")]
+        at_own_loss = not pd.isna(run["at_own_loss"]) and bool(run["at_own_loss"])
+        reached = "n/a" if pd.isna(run["reached"]) else ("yes" if run["reached"] else "no (at own loss)")
+        savings = [_percent(run[f"savings_{key}"]) for key in ("flops", "train_s")]
         if savings[1] != "n/a" and (scratch_contended or _contended(report.runs.loc[[run.name]])):
             savings[1] = UNRELIABLE
-        rows.append([run["method"], str(run["seed"]), run["state"], number(run["final_val_loss"], 4), reached,
-                     "-" if censored else number(run["cost_to_target_flops"]), *savings,
-                     _percent(run["outside_plain_large"])])
+        level = number(run["target"], 4) + (" (own loss)" if at_own_loss else "")
+        rows.append([run["method"], str(run["seed"]), run["state"], number(run["final_val_loss"], 4), level,
+                     reached, number(run["cost_to_target_flops"]), *savings, _percent(run["outside_plain_large"])])
     return _table(headers, rows, markdown=True)
 
 
@@ -161,12 +160,17 @@ def _how_to_read(report: Report) -> str:
     counts = sorted(set(seeds.values()))
     per_method = (f"n = {counts[0]} finished seed(s) per method" if len(counts) == 1 else
                   "n finished seeds per method: " + ", ".join(f"{method} {n}" for method, n in seeds.items()))
-    text = ("**How to read.** Every finished seed counts. A seed that never reaches τ within the budget is "
-            "*censored* at the budget: its cost is taken as its own cost at the budget, a lower bound on what "
-            "reaching τ would cost, so its savings are an upper bound (about 0% for FLOPs). A method's savings are "
-            "the mean over all its finished seeds, \"k/n reached\" says how many got to τ, and a method that "
-            "reaches τ in fewer than half its seeds reads \"not reached\". Intervals are 95% Student-t intervals "
-            f"on the mean (mean ± t(0.975, n−1)·s/√n) over {per_method}; one seed gives a mean and no interval.")
+    text = ("**How to read.** Every finished seed counts, judged against the scratch seed of the same number, which "
+            "trained on the same batches and is scored on the same validation set. Each run's eval points are "
+            "smoothed by a monotone (isotonic, non-increasing) fit, so no single noisy point sets a crossing; τ_s is "
+            "scratch seed s's smoothed loss at its budget, and a seed's saving is 1 − its cost to τ_s / scratch seed "
+            "s's cost to τ_s, both read off the fits (in FLOPs, then in each run's seconds, energy and dollars at "
+            "that FLOPs value). A seed whose fit never gets down to τ_s is not censored at the budget: it is judged "
+            "at its own smoothed loss at the budget, with scratch's cost to that loss, so a method worse than "
+            "scratch reads negative. \"k/n reached\" says how many seeds got to τ_s, and a method that reaches it "
+            "in fewer than half its seeds reads \"not reached\" (its matched value is in the paired verdicts below "
+            "and in summary.csv). Intervals are 95% Student-t intervals on the mean (mean ± t(0.975, n−1)·s/√n) "
+            f"over {per_method}; one seed gives a mean and no interval.")
     if counts and min(counts) < 5:
         text += (" With fewer than 5 seeds the interval is wide and itself uncertain (the spread is estimated "
                  "from a handful of values): read it as a rough range, and add seeds before trusting a "
@@ -295,10 +299,10 @@ def format_markdown(report: Report) -> str:
             f"- parent (SMALL) cost from: {report.parent_source}",
         ]),
         "## Main table",
-        ("Savings = 1 − cost to reach τ / scratch's cost at the budget, mean over all finished seeds (seeds that "
-         "did not reach τ censored at the budget) [95% t-interval], with the parent's pretraining *sunk* (the "
-         "papers' convention) unless marked charged; \"not reached\" means fewer than half the seeds got to τ "
-         "within the budget; n/a means not measured."),
+        ("Savings = 1 − cost to reach τ_s / scratch seed s's cost to τ_s, paired by seed on monotone fits, mean "
+         "over all finished seeds [95% t-interval], with the parent's pretraining *sunk* (the papers' convention) "
+         "unless marked charged; \"not reached\" means fewer than half the seeds got to τ_s within the budget; "
+         "n/a means not measured."),
         _how_to_read(report),
         format_main_table(report, markdown=True),
         "## Savings by cost, parent sunk",

@@ -6,8 +6,8 @@ are in docs/statistics.md). Per method: the paired FLOPs savings at 100% of the 
 the narrowest honest intervals on the example sweep's real curves, exactly 0 for scratch against itself), at 75%
 and 50%, the speedup, and the paired final-loss difference against scratch. Per pair of methods: whether their
 headline savings differ at 95%, and how many seeds a paired t-test needs to tell apart two methods 5 points apart
-at the pair's measured spread. The main table (statistics.py, first crossing of a mean τ, censored) stays what the
-CI gate judges; `paired_table` is the same numbers as a frame (verdicts.csv) for the gate to take up later.
+at the pair's measured spread. The 100% column is the main table's estimator (statistics.py), which the CI gate
+judges; `paired_table` is the same numbers as a frame (verdicts.csv).
 """
 
 from __future__ import annotations
@@ -228,9 +228,8 @@ def _pair_rows(pairs: list[PairVerdict]) -> list[list[str]]:
     return rows
 
 
-LEAD = ("Paired FLOPs savings against scratch, seed by seed, on monotone-smoothed curves; the recommended headline is "
-        "the savings at 100% of the budget. The main table and the savings tables above keep the first-crossing "
-        "estimator (mean τ, censored), which the CI gate's baseline is built on.")
+LEAD = ("Paired FLOPs savings against scratch, seed by seed, on monotone-smoothed curves, at three targets; the "
+        "savings at 100% of the budget are the headline, the same numbers as the main table's FLOPs column.")
 
 HOW_TO_READ = (
     "**How to read.** Seed s of every method trains on the same batches and is scored on the same validation set "
@@ -239,8 +238,7 @@ HOW_TO_READ = (
     "compute (100%, 75% or 50% of its budget), and a seed's saving is 1 − the method's cost to τ_s / scratch's "
     "cost to τ_s, both read off the fits. The interval is a 95% Student-t interval on the mean of those per-seed "
     "savings, so it carries τ's own seed-to-seed uncertainty instead of hiding it in one mean τ: scratch against "
-    "itself reads exactly 0 [0, 0], where the main table's estimator lets scratch's seeds \"save\" against their "
-    "mean. A method seed whose fit never gets down to τ_s is not censored at the budget (which would read a worse "
+    "itself reads exactly 0 [0, 0], where a mean τ would let scratch's seeds \"save\" against it. A method seed whose fit never gets down to τ_s is not censored at the budget (which would read a worse "
     "seed as ≈ 0, never negative): under \"match\" it is judged at its own smoothed loss at the target compute, "
     "scratch's cost to that loss read off scratch's curve, so both costs stay inside the measured curves and a "
     "worse method reads negative (\"at own loss\" counts those seeds). The headline is the savings at 100% of the "

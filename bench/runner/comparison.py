@@ -35,7 +35,7 @@ from bench.calibration import (
     recalibrate_after,
 )
 from bench.collectors.cost import load_prices
-from bench.errors import BenchError, RunsFailed, is_environment_fault
+from bench.errors import BenchError, RunsFailed, Stopped, is_environment_fault
 from bench.hardware import hardware_fingerprint
 from bench.locks import COMPARE_LOCK, RUN_LOCK, Lock
 from bench.logs import human_duration
@@ -277,6 +277,11 @@ def _train_one(run: RunDir, method_name: str, seed: int, shared: Comparison, con
                                    shared.loop, run.path, shared.prices, config.country, calibration=shared.table,
                                    checkpoint=one_run.Checkpointing(run.path / "checkpoint", config.checkpoint_every * 60,
                                                                     config.keep_checkpoints, resume=config.resume))
+    except Stopped as stop:  # the partial records: the curve so far beside the checkpoint `--resume` continues from
+        if stop.curve:
+            run.write_curve(stop.curve)
+        run.set_status(RUNNING, method=method_name, seed=seed, reason=f"stopped by {stop.name} {stop.where}".strip())
+        raise
     except BenchError as error:
         run.set_status(FAILED, reason=str(error), method=method_name, seed=seed)
         raise

@@ -19,13 +19,16 @@ from bench.collectors.cost import load_prices
 from bench.errors import UNUSABLE_PATH, BenchError, is_disk_full, is_out_of_memory
 from bench.hardware import math_name
 from bench.locks import RUN_LOCK, Lock
-from bench.records import RUNNING, RunDir
-from bench.runner.one_run import record_run, train_run
+from bench.records import CHECKPOINT, RUNNING, RunDir
+from bench.runner.one_run import Checkpointing, record_run, train_run
 from bench.runner.prepare import PARENT_SEED, Prepared, plain_phases, scratch_step, standalone
 from bench.sizes import FAMILIES, Dims, Pair, Size, defaults_for, get_size, positions_of
 from bench.train import Budget, LoopConfig
 
 logger = logging.getLogger(__name__)
+PARENT_CHECKPOINT_SECONDS = 600.0
+"""Between the eval points' checkpoints, as a comparison's runs by default: a stopped or killed pretraining continues
+from its last one (`bench pretrain` again, or the comparison's --resume)."""
 
 
 def parent_key(size: Size, steps: int, prepared: Prepared, loop: LoopConfig) -> str:
@@ -61,8 +64,10 @@ def _pretrain_into(run: RunDir, size: Size, steps: int, prepared: Prepared, loop
     step_flops, _ = scratch_step(size, prepared, loop)
     budget = Budget("flops", step_flops * steps)
     run.set_status(RUNNING, method="parent", size=size.name, seed=PARENT_SEED)
+    # its checkpoints are always continued: the folder is named by everything that produced the parent
+    checkpoint = Checkpointing(folder / CHECKPOINT, PARENT_CHECKPOINT_SECONDS, resume=True)
     result = train_run(functools.partial(plain_phases, size, prepared, PARENT_SEED), budget, prepared, PARENT_SEED,
-                       loop, folder, prices or load_prices())
+                       loop, folder, prices or load_prices(), checkpoint=checkpoint)
     record_run(run, result, prepared, method="parent", seed=PARENT_SEED, size=size.name, budget_steps=steps)
     if result.diverged:
         raise BenchError(f"the parent's pretraining diverged: {result.diverged}")

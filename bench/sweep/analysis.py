@@ -1,6 +1,6 @@
 """From the points' run directories to one table of savings against budget, break-even budgets and amortisation.
 
-Savings are not recomputed here: each point is analysed by `bench.report.analyse` (censored seeds, t-intervals,
+Savings are not recomputed here: each point is analysed by `bench.report.analyse` (paired seeds, t-intervals,
 parent sunk and charged, "reached" when at least half the seeds reach τ), and this module lays the per-method rows
 of the points side by side. What it adds:
 
@@ -12,7 +12,7 @@ of the points side by side. What it adds:
   interrupted sweep), `not run`;
 - break-even budgets: where a savings curve crosses 0, interpolated linearly in log budget between the two
   measured budgets that bracket the crossing, every crossing listed; a point that did not reach τ does not pay
-  (its censored savings are an upper bound, so a crossing next to it is a bound too: ≤ or ≥);
+  (its savings enter as at most 0, so a crossing next to it is a bound too: ≤ or ≥);
 - equal-budget quality: where a method's final loss crosses scratch's at the same budget.
 """
 
@@ -214,7 +214,7 @@ class Crossing:
     high: float
     at: float
     direction: str  # "stops" (pays below, not above) | "starts" (pays above, not below)
-    bound: str = "≈"  # "≈"; "≤" / "≥" when the non-paying side is censored (its savings are an upper bound)
+    bound: str = "≈"  # "≈"; "≤" / "≥" when the non-paying side did not reach τ (its savings enter as at most 0)
 
 
 @dataclass
@@ -241,8 +241,8 @@ def break_even(budgets: Sequence[float], values: Sequence[float], reached: Seque
     """Crossings of 0 of a savings curve measured at `budgets` (any order; NaN values are skipped).
 
     A point pays when its savings are > 0 and it reached τ (`reached` not False). A point that did not reach τ
-    does not pay, and enters the interpolation with min(savings, 0): its censored savings are an upper bound, so
-    the crossing next to it is an upper bound (≤) when the curve stops paying there, a lower bound (≥) when it
+    does not pay, and enters the interpolation with min(savings, 0): fewer than half its seeds got there, so the
+    crossing next to it is an upper bound (≤) when the curve stops paying there, a lower bound (≥) when it
     starts paying after it."""
     reached = list(reached) if reached is not None else [None] * len(values)
     points = sorted((float(b), float(v), r) for b, v, r in zip(budgets, values, reached, strict=True)
@@ -250,18 +250,18 @@ def break_even(budgets: Sequence[float], values: Sequence[float], reached: Seque
     if not points:
         return BreakEven("no data", [], [], [], [])
     xs = [b for b, _, _ in points]
-    censored = [r is False for _, _, r in points]
-    ys = [min(v, 0.0) if c else v for (_, v, _), c in zip(points, censored, strict=True)]
-    paying = [y > 0 and not c for y, c in zip(ys, censored, strict=True)]
+    short = [r is False for _, _, r in points]
+    ys = [min(v, 0.0) if c else v for (_, v, _), c in zip(points, short, strict=True)]
+    paying = [y > 0 and not c for y, c in zip(ys, short, strict=True)]
     crossings = []
     for i in range(len(xs) - 1):
         if paying[i] == paying[i + 1]:
             continue
         direction = "stops" if paying[i] else "starts"
         bound = "≈"
-        if direction == "stops" and censored[i + 1]:
+        if direction == "stops" and short[i + 1]:
             bound = "≤"
-        elif direction == "starts" and censored[i]:
+        elif direction == "starts" and short[i]:
             bound = "≥"
         crossings.append(Crossing(xs[i], xs[i + 1], _interpolate(xs[i], xs[i + 1], ys[i], ys[i + 1]), direction,
                                   bound))

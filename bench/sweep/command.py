@@ -15,7 +15,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.errors import BenchError, Stopped, exit_code_and_message
 
 DEFAULT_METHODS = "scratch,stackbert,bert2bert:fpi,ligo"
 DEFAULT_BUDGETS = "0.5x,1x,2x"
@@ -128,8 +128,9 @@ def run(args: argparse.Namespace, echo=print) -> int:
     store_plan(planned, options.out)
     try:
         outcomes = run_points(planned, options, echo)
-    except KeyboardInterrupt:
-        echo("interrupted; finished runs are kept. Continue with:")
+    except (KeyboardInterrupt, Stopped) as stop:  # Ctrl-C, or SIGTERM/SIGHUP/SIGUSR1 after a checkpoint
+        said = exit_code_and_message(stop)[1]
+        echo(f"{said}; finished runs are kept. Continue with:")
         argv = [*sys.argv[1:]] if sys.argv[1:2] == ["sweep"] else ["sweep"]
         echo("  " + shlex.join(["bench", *argv, *([] if "--resume" in argv else ["--resume"])]))
         try:
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace, echo=print) -> int:
             echo(f"partial sweep report: {options.out / 'report.md'}")
         except Exception as error:  # noqa: BLE001 — the interrupted sweep's partial report is a courtesy
             echo(f"no partial sweep report ({type(error).__name__}: {error})")
-        return 130
+        return exit_code_and_message(stop)[0]
     report = build_sweep_report(plan, options.out, options.amortize, not args.no_extrapolate)
     echo("")
     echo(report.text)

@@ -63,8 +63,8 @@ def _dodge(sweep: Sweep, method: str, parent: int) -> float:
 
 def plot_savings(sweep: Sweep, rows: list[BreakEvenRow]) -> Figure:
     """Savings against budget (log), one line per method (per parent: line style): FLOPs (top) and wall time
-    (bottom), parent sunk, charged and (K ≠ 1) amortised; 95% t-intervals; ▽ = not reached (censored savings, an
-    upper bound); ✗ = failed; ◆ on the axis = an interpolated break-even."""
+    (bottom), parent sunk, charged and (K ≠ 1) amortised; 95% t-intervals; ▽ = not reached (fewer than half the seeds
+    reached τ_s); ✗ = failed; ◆ on the axis = an interpolated break-even."""
     bases = ["sunk", "charged", *(["amortized"] if sweep.amortize != 1 else [])]
     figure = Figure(figsize=(5.2 * len(bases), 8.5), layout="constrained")
     colours = method_colours(sweep.plan.methods)
